@@ -1,0 +1,199 @@
+"""The `atlaspatch` command line: whole-pipeline commands and one command per stage (what Nextflow calls)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+
+from . import __version__
+from . import cli_options as opt
+from .errors import AtlasPatchError, one_line
+
+app = typer.Typer(
+    name="atlaspatch",
+    help="Whole-slide images → tissue, patch coordinates, patch features and slide embeddings (per-slide H5).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+T = TypeVar("T")
+SLIDE_COLUMNS = (("patches", "num_patches"),)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"atlaspatch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    pass
+
+
+def _guarded(run: Callable[[], int]) -> None:
+    """Expected failures end as one line on stderr, never a traceback; the exit code carries the verdict."""
+    try:
+        code = run()
+    except AtlasPatchError as exc:
+        typer.echo(f"Error: {one_line(exc)}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("Interrupted.", err=True)
+        raise typer.Exit(130) from None
+    raise typer.Exit(code)
+
+
+def _mpp_overrides(mpp_csv: Path | None) -> dict[str, float] | None:
+    from .slides.discovery import read_mpp_csv
+
+    return read_mpp_csv(mpp_csv) if mpp_csv else None
+
+
+@app.command("segment-and-get-coords")
+def segment_and_get_coords(
+    wsi_path: Annotated[Path, typer.Argument(help="A slide file or a directory of slides.")],
+    output: opt.Output,
+    patch_size: opt.PatchSize,
+    target_mag: opt.TargetMag,
+    step_size: opt.StepSize = None,
+    device: opt.Device = "cuda",
+    segmenter: opt.Segmenter = "sam2",
+    model_dir: opt.ModelDir = None,
+    tissue_thresh: opt.TissueThresh = 0.0,
+    white_thresh: opt.WhiteThresh = 15,
+    black_thresh: opt.BlackThresh = 50,
+    seg_batch_size: opt.SegBatchSize = 1,
+    write_batch: opt.WriteBatch = 8192,
+    patch_workers: opt.PatchWorkers = None,
+    max_open_slides: opt.MaxOpenSlides = 200,
+    fast_mode: opt.FastMode = True,
+    save_images: opt.SaveImages = False,
+    visualize_grids: opt.VisualizeGrids = False,
+    visualize_mask: opt.VisualizeMask = False,
+    visualize_contours: opt.VisualizeContours = False,
+    skip_existing: opt.SkipExisting = True,
+    recursive: opt.Recursive = False,
+    mpp_csv: opt.MppCsv = None,
+    verbose: opt.Verbose = False,
+) -> None:
+    """Segment tissue and write patch coordinates for one slide or a directory of slides."""
+    from .devices import validate_device
+    from .pipeline import SegmentTilePipeline, SegmentTileRequest
+    from .reporting import print_summary, setup_logging, slide_progress
+    from .slides.discovery import find_slides
+    from .stages.tile import TileOptions
+    from .tiling.geometry import validate_request
+    from .visualize import VisualizeOptions
+
+    def run() -> int:
+        setup_logging(verbose)
+        validate_request(patch_size, step_size, target_mag)
+        request = SegmentTileRequest(
+            output=output,
+            tile=TileOptions(
+                patch_size=patch_size, step_size=step_size, target_mag=target_mag, tissue_thresh=tissue_thresh,
+                fast_mode=fast_mode, white_thresh=white_thresh, black_thresh=black_thresh, write_batch=write_batch,
+                patch_workers=patch_workers, save_images=save_images,
+            ),
+            segmenter=segmenter, device=validate_device(device), model_dir=model_dir,
+            seg_batch_size=seg_batch_size, max_open_slides=max_open_slides, force=not skip_existing,
+            mpp_overrides=_mpp_overrides(mpp_csv),
+            visualize=VisualizeOptions(grids=visualize_grids, mask=visualize_mask, contours=visualize_contours),
+        )
+        sources = find_slides(wsi_path, recursive)
+        with slide_progress(len(sources)) as advance:
+            outcomes = SegmentTilePipeline(request).run(sources, on_done=advance)
+        return print_summary(outcomes, SLIDE_COLUMNS)
+
+    _guarded(run)
+
+
+@app.command("segment")
+def segment(
+    slide: Annotated[Path, typer.Argument(help="One slide file (or DICOM series folder).")],
+    output: opt.Output,
+    device: opt.Device = "cuda",
+    segmenter: opt.Segmenter = "sam2",
+    model_dir: opt.ModelDir = None,
+    mpp: Annotated[float | None, typer.Option("--mpp", help="Override the slide's mpp (µm/px).")] = None,
+    mpp_csv: opt.MppCsv = None,
+    visualize_mask: opt.VisualizeMask = False,
+    visualize_contours: opt.VisualizeContours = False,
+    skip_existing: opt.SkipExisting = True,
+    verbose: opt.Verbose = False,
+) -> None:
+    """Stage 1 for one slide: tissue regions into OUTPUT/patches/<stem>.h5 (tissue/ group + slide attrs)."""
+    from .reporting import setup_logging
+    from .stages.commands import run_segment_stage
+
+    def run() -> int:
+        setup_logging(verbose)
+        outcome = run_segment_stage(slide, output, segmenter=segmenter, device=device, model_dir=model_dir,
+                                    mpp=mpp, mpp_overrides=_mpp_overrides(mpp_csv), force=not skip_existing,
+                                    visualize_mask=visualize_mask, visualize_contours=visualize_contours)
+        typer.echo(outcome)
+        return 0
+
+    _guarded(run)
+
+
+@app.command("tile")
+def tile(
+    slide: Annotated[Path, typer.Argument(help="The slide the H5 was segmented from.")],
+    h5: Annotated[Path, typer.Option("--h5", exists=True, dir_okay=False, help="H5 from the segment stage "
+                                     "(never modified).")],
+    output: opt.Output,
+    patch_size: opt.PatchSize,
+    target_mag: opt.TargetMag,
+    step_size: opt.StepSize = None,
+    tissue_thresh: opt.TissueThresh = 0.0,
+    white_thresh: opt.WhiteThresh = 15,
+    black_thresh: opt.BlackThresh = 50,
+    write_batch: opt.WriteBatch = 8192,
+    patch_workers: opt.PatchWorkers = None,
+    fast_mode: opt.FastMode = True,
+    save_images: opt.SaveImages = False,
+    visualize_grids: opt.VisualizeGrids = False,
+    visualize_mask: opt.VisualizeMask = False,
+    visualize_contours: opt.VisualizeContours = False,
+    mpp: Annotated[float | None, typer.Option("--mpp", help="Override the slide's mpp (µm/px).")] = None,
+    mpp_csv: opt.MppCsv = None,
+    skip_existing: opt.SkipExisting = True,
+    verbose: opt.Verbose = False,
+) -> None:
+    """Stage 2 for one slide: patch coordinates into a copy of the H5 at OUTPUT/patches/<stem>.h5."""
+    from .reporting import setup_logging
+    from .stages.commands import run_tile_stage
+    from .stages.tile import TileOptions
+    from .visualize import VisualizeOptions
+
+    def run() -> int:
+        setup_logging(verbose)
+        options = TileOptions(
+            patch_size=patch_size, step_size=step_size, target_mag=target_mag, tissue_thresh=tissue_thresh,
+            fast_mode=fast_mode, white_thresh=white_thresh, black_thresh=black_thresh, write_batch=write_batch,
+            patch_workers=patch_workers, save_images=save_images,
+        )
+        outcome = run_tile_stage(slide, h5, output, options, mpp=mpp, mpp_overrides=_mpp_overrides(mpp_csv),
+                                 force=not skip_existing,
+                                 visualize=VisualizeOptions(visualize_grids, visualize_mask, visualize_contours))
+        typer.echo(outcome)
+        return 0
+
+    _guarded(run)
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit as exc:
+        sys.exit(exc.code)

@@ -1,0 +1,102 @@
+"""What an existing per-slide H5 holds, and whether it can serve a request."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+
+from ..errors import H5Error
+from . import schema
+from .attrs import read_attrs
+
+
+@dataclass
+class H5State:
+    path: Path
+    exists: bool = False
+    attrs: dict[str, Any] = field(default_factory=dict)
+    tissue_attrs: dict[str, Any] | None = None
+    num_patches: int | None = None  # None: not tiled (or never finished)
+    features: dict[str, int] = field(default_factory=dict)  # name -> rows
+    slide_features: list[str] = field(default_factory=list)
+
+    @property
+    def has_tissue(self) -> bool:
+        return self.tissue_attrs is not None
+
+    @property
+    def is_tiled(self) -> bool:
+        return self.num_patches is not None
+
+    @property
+    def written_by_atlaspatch_upstream(self) -> bool:
+        """A file from AtlasPatch itself records no provenance; only its own fields can be compared."""
+        return self.is_tiled and schema.TOOL_VERSION not in self.attrs
+
+
+def _num_patches(handle: h5py.File, attrs: Mapping[str, Any]) -> int | None:
+    if schema.COORDS not in handle:
+        return None
+    coords = handle[schema.COORDS]
+    if coords.ndim != 2 or coords.shape[1] < 2:
+        raise H5Error(f"coords has shape {coords.shape}, expected (N, 5)")
+    if schema.NUM_PATCHES not in attrs:
+        return None
+    declared = int(attrs[schema.NUM_PATCHES])
+    if declared != coords.shape[0]:
+        raise H5Error(f"num_patches says {declared} but coords has {coords.shape[0]} rows")
+    return declared
+
+
+def inspect_h5(path: Path) -> H5State:
+    state = H5State(path=path, exists=path.exists())
+    if not state.exists:
+        return state
+    try:
+        with h5py.File(path, "r") as handle:
+            state.attrs = read_attrs(handle)
+            if schema.TISSUE in handle:
+                state.tissue_attrs = read_attrs(handle[schema.TISSUE])
+            state.num_patches = _num_patches(handle, state.attrs)
+            if schema.FEATURES in handle:
+                state.features = {
+                    name: int(ds.shape[0]) for name, ds in handle[schema.FEATURES].items() if isinstance(ds, h5py.Dataset)
+                }
+            if schema.SLIDE_FEATURES in handle:
+                state.slide_features = sorted(handle[schema.SLIDE_FEATURES].keys())
+    except H5Error as exc:
+        raise H5Error(f"existing {path.name} is malformed ({exc}); re-run with --force to rebuild it") from None
+    except (OSError, KeyError, ValueError) as exc:
+        reason = " ".join(str(exc).split())
+        raise H5Error(
+            f"existing {path.name} is unreadable (truncated or corrupt: {reason}); re-run with --force to rebuild it"
+        ) from None
+    return state
+
+
+def _same(have: Any, want: Any) -> bool:
+    if isinstance(want, bool) or isinstance(have, bool):
+        return bool(have) == bool(want)
+    if isinstance(want, float) or isinstance(have, float):
+        try:
+            return abs(float(have) - float(want)) <= 1e-9
+        except (TypeError, ValueError):
+            return False
+    return str(have) == str(want)
+
+
+def geometry_mismatches(state: H5State, wanted: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(field, in file, requested) for every geometry/filter field that differs."""
+    have = dict(state.attrs)
+    if "step_size" not in have and "overlap" in have and "patch_size" in have:
+        have["step_size"] = int(have["patch_size"]) - int(have["overlap"])
+    fields = schema.ATLASPATCH_GEOMETRY_FIELDS if state.written_by_atlaspatch_upstream else schema.GEOMETRY_FIELDS
+    return [(name, have.get(name), wanted[name]) for name in fields if not _same(have.get(name), wanted[name])]
+
+
+def describe_mismatches(mismatches: list[tuple[str, Any, Any]]) -> str:
+    return ", ".join(f"{name} {have} (file) != {want} (requested)" for name, have, want in mismatches)

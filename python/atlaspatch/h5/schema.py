@@ -1,0 +1,45 @@
+"""Every dataset, group and attribute name of the per-slide H5, in one place.
+
+The layout is AtlasPatch's (so AtlasPatch/MOOZY readers read ours and ours reads theirs), plus provenance.
+"""
+
+from __future__ import annotations
+
+COORDS = "coords"  # int32 (N, 5): x, y, read_w, read_h, level — x, y are the level-0 top-left corner
+PASSPORTS = "passports"  # S160 (N,): AtlasPatch's per-patch identity strings
+FEATURES = "features"  # features/<patch_encoder>: float32 (N, D)
+SLIDE_FEATURES = "slide_features"  # slide_features/<slide_encoder>: float32 (D,)
+TISSUE = "tissue"
+
+TISSUE_MASK = f"{TISSUE}/mask"  # uint8 (h, w) thumbnail mask, 1 = tissue
+TISSUE_POINTS = f"{TISSUE}/points"  # float32 (P, 2) contour vertices in level-0 pixels (x, y)
+TISSUE_OFFSETS = f"{TISSUE}/offsets"  # int64 (K + 1,) contour k is points[offsets[k]:offsets[k + 1]]
+TISSUE_PARENTS = f"{TISSUE}/parents"  # int32 (K,) -1 for a tissue region, else the index of the region it holes
+
+PASSPORT_FORMAT = "{stem}__x{x}_y{y}_rw{rw}_rh{rh}_lv{lv}_mag{mag}_tmag{tmag}_total{total}"
+PASSPORT_VERSION = 2
+PASSPORT_DTYPE = "S160"
+
+# File attributes that decide whether an existing H5 can serve a request.
+GEOMETRY_FIELDS = (
+    "patch_size",
+    "step_size",
+    "target_magnification",
+    "patch_size_level0",
+    "segmenter",
+    "tissue_thresh",
+    "fast_mode",
+    "white_thresh",
+    "black_thresh",
+)
+# Fields AtlasPatch itself writes; the only ones a file from AtlasPatch can be checked on.
+ATLASPATCH_GEOMETRY_FIELDS = ("patch_size", "step_size", "target_magnification", "patch_size_level0")
+
+NUM_PATCHES = "num_patches"  # written last: a file without it was never finished
+TOOL_VERSION = "atlaspatch_version"
+
+# Attributes of the tissue group: which segmentation produced it.
+TISSUE_SEGMENTER = "segmenter"
+TISSUE_WEIGHTS = "segmenter_weights"
+TISSUE_DOWNSAMPLE = "downsample"  # (x, y) level-0 pixels per mask pixel
+TISSUE_MAGNIFICATION = "thumbnail_magnification"

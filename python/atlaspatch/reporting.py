@@ -1,0 +1,79 @@
+"""Progress bars and the closing per-slide table."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+stderr = Console(stderr=True)
+stdout = Console(soft_wrap=True)
+
+
+class Outcome(Protocol):
+    stem: str
+    status: str
+    note: str
+    seconds: float
+
+    @property
+    def failed(self) -> bool: ...
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=stderr, show_path=verbose, show_time=verbose, markup=False)],
+        force=True,
+    )
+    for noisy in ("h5py", "PIL", "matplotlib", "urllib3", "filelock", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@contextmanager
+def slide_progress(total: int, label: str = "slides") -> Iterator[Any]:
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
+        TimeElapsedColumn(), console=stderr, transient=False, disable=total == 0,
+    )
+    with progress:
+        task = progress.add_task(label, total=total, last="")
+
+        def advance(outcome: Outcome) -> None:
+            progress.update(task, advance=1, last=f"{outcome.stem}: {outcome.status}")
+
+        yield advance
+
+
+def summary_table(outcomes: Sequence[Outcome], columns: Sequence[tuple[str, str]]) -> Table:
+    """columns: (header, attribute) pairs shown between the slide name and the status."""
+    table = Table(title="Per-slide summary", show_lines=False)
+    table.add_column("slide")
+    for header, _ in columns:
+        table.add_column(header, justify="right")
+    table.add_column("status")
+    table.add_column("seconds", justify="right")
+    table.add_column("note / reason")
+    for outcome in outcomes:
+        values = [getattr(outcome, attr) for _, attr in columns]
+        status = f"[red]{outcome.status}[/red]" if outcome.failed else outcome.status
+        table.add_row(outcome.stem, *("-" if v is None else str(v) for v in values), status,
+                      f"{outcome.seconds:.1f}", outcome.note)
+    return table
+
+
+def print_summary(outcomes: Sequence[Outcome], columns: Sequence[tuple[str, str]]) -> int:
+    """Print the table and a closing line; return the exit code (0 only when every slide succeeded)."""
+    stdout.print(summary_table(outcomes, columns))
+    failed = [o for o in outcomes if o.failed]
+    stdout.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} slide(s) succeeded, {len(failed)} failed")
+    for outcome in failed:
+        stderr.print(f"FAILED {outcome.stem}: {outcome.note}", markup=False, highlight=False)
+    return 1 if failed else 0

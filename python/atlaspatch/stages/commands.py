@@ -1,0 +1,103 @@
+"""The stage commands Nextflow calls: one stage, one slide, one H5 in and a new H5 out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+
+from ..errors import H5Error, ReuseConflict
+from ..h5 import schema
+from ..h5.atomic import atomic_h5, remove_leftover_temps
+from ..h5.inspect import describe_mismatches, geometry_mismatches, inspect_h5
+from ..h5.locks import SlideLock
+from ..outputs import OutputLayout
+from ..segmentation.registry import build_segmenter
+from ..slides.discovery import find_slides, mpp_override_for
+from ..slides.reader import Slide, open_slide
+from ..tiling.geometry import plan_geometry
+from ..visualize import VisualizeOptions, write_visualizations
+from .segment import read_tissue, segment_slides, write_segmentation_h5
+from .tile import TileOptions, geometry_attrs, write_tiled_h5
+
+
+def _open_one(slide_path: Path, mpp: float | None, mpp_overrides: dict[str, float] | None) -> Slide:
+    source = find_slides(slide_path)[0]
+    override = mpp if mpp is not None else mpp_override_for(source.stem, mpp_overrides)
+    return open_slide(source.path, source.stem, override)
+
+
+def run_segment_stage(
+    slide_path: Path,
+    output: Path,
+    segmenter: str = "sam2",
+    device: str = "cuda",
+    model_dir: Path | None = None,
+    mpp: float | None = None,
+    mpp_overrides: dict[str, float] | None = None,
+    force: bool = False,
+    visualize_mask: bool = False,
+    visualize_contours: bool = False,
+) -> str:
+    layout = OutputLayout(output)
+    with _open_one(slide_path, mpp, mpp_overrides) as slide:
+        target = layout.h5(slide.stem)
+        with SlideLock(layout.lock(slide.stem), slide=slide.stem, phase="segment"):
+            remove_leftover_temps(target)
+            state = None if force else inspect_h5(target)
+            if state is not None and state.has_tissue:
+                if state.tissue_attrs.get(schema.TISSUE_SEGMENTER) == segmenter:
+                    return f"{slide.stem}: tissue already segmented with {segmenter}, reused {target}"
+                if state.is_tiled:
+                    raise ReuseConflict(
+                        f"{target} was tiled on {state.tissue_attrs.get(schema.TISSUE_SEGMENTER)} tissue, "
+                        f"not {segmenter}; use --force to rebuild it or choose another --output"
+                    )
+            tissue = segment_slides([slide], build_segmenter(segmenter, device, model_dir))[0]
+            write_segmentation_h5(target, slide, tissue)
+            write_visualizations(layout.visualization_dir, slide, tissue, target,
+                                 VisualizeOptions(mask=visualize_mask, contours=visualize_contours))
+    regions = len(tissue.contours.regions)
+    holes = len(tissue.contours.polygons) - regions
+    return (f"{slide.stem}: {regions} tissue region(s), {holes} hole(s), "
+            f"{100 * tissue.tissue_fraction:.1f}% of the thumbnail -> {target}")
+
+
+def run_tile_stage(
+    slide_path: Path,
+    h5_in: Path,
+    output: Path,
+    options: TileOptions,
+    mpp: float | None = None,
+    mpp_overrides: dict[str, float] | None = None,
+    force: bool = False,
+    visualize: VisualizeOptions | None = None,
+) -> str:
+    layout = OutputLayout(output)
+    state = inspect_h5(h5_in)
+    if not state.has_tissue:
+        raise H5Error(f"{h5_in} has no tissue/ group: run `atlaspatch segment` on the slide first")
+    with _open_one(slide_path, mpp, mpp_overrides) as slide:
+        target = layout.h5(slide.stem)
+        with h5py.File(h5_in, "r") as handle:
+            tissue = read_tissue(handle)
+        geometry = plan_geometry(slide, options.patch_size, options.step_size, options.target_mag)
+        with SlideLock(layout.lock(slide.stem), slide=slide.stem, phase="tile"):
+            remove_leftover_temps(target)
+            if state.is_tiled and not force:
+                mismatches = geometry_mismatches(state, geometry_attrs(geometry, options, tissue.segmenter))
+                if mismatches:
+                    raise ReuseConflict(f"{h5_in} was tiled with other settings ({describe_mismatches(mismatches)}); "
+                                        "use --force to re-tile it")
+                if target.resolve() != h5_in.resolve():
+                    with atomic_h5(target, start_from=h5_in):
+                        pass
+                message = f"{slide.stem}: {state.num_patches} patches reused -> {target}"
+            else:
+                images_dir = layout.images_dir if options.save_images else None
+                result = write_tiled_h5(target, slide, tissue, options, start_from=h5_in, images_dir=images_dir)
+                message = f"{slide.stem}: {result.num_patches} patches -> {target}"
+                if result.num_patches == 0:
+                    message += " (no tissue found)"
+            write_visualizations(layout.visualization_dir, slide, tissue, target, visualize or VisualizeOptions())
+    return message
