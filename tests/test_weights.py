@@ -143,9 +143,7 @@ def _http_error(cls: type[Exception], status: int) -> Exception:
         (ConnectionError("Name or service not known"), "Name or service not known"),
     ],
 )
-def test_hub_failures_become_one_line(
-    monkeypatch: pytest.MonkeyPatch, error: Exception, expected: str
-) -> None:
+def test_hub_failures_become_one_line(monkeypatch: pytest.MonkeyPatch, error: Exception, expected: str) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE")
 
     def failing(*args: object, **kwargs: object) -> str:

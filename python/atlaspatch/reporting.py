@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -12,8 +13,9 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-stderr = Console(stderr=True)
-stdout = Console(soft_wrap=True)
+# Logs and CI capture output without a terminal: keep lines whole there instead of wrapping at 80 columns.
+stderr = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+stdout = Console(width=None if sys.stdout.isatty() else 200)
 
 
 class Outcome(Protocol):
@@ -75,5 +77,5 @@ def print_summary(outcomes: Sequence[Outcome], columns: Sequence[tuple[str, str]
     failed = [o for o in outcomes if o.failed]
     stdout.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} slide(s) succeeded, {len(failed)} failed")
     for outcome in failed:
-        stderr.print(f"FAILED {outcome.stem}: {outcome.note}", markup=False, highlight=False)
+        print(f"FAILED {outcome.stem}: {outcome.note}", file=sys.stderr)
     return 1 if failed else 0

@@ -160,7 +160,8 @@ def _download(source: WeightsSource, model_dir: Path | None, **target: object) -
     except hf_errors.HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status in (401, 403):
-            raise _error(source, model_dir, f"could not be fetched: access denied (HTTP {status})", gated=True) from None
+            reason = f"could not be fetched: access denied (HTTP {status})"
+            raise _error(source, model_dir, reason, gated=True) from None
         raise _error(source, model_dir, f"could not be fetched ({one_line(exc)})") from None
     except Exception as exc:  # connection errors, timeouts, disk full, …: one line, never a traceback
         raise _error(source, model_dir, f"could not be fetched ({one_line(exc)})") from None

@@ -69,16 +69,36 @@ def mask_to_contours(mask: np.ndarray, downsample: tuple[float, float], min_hole
     return TissueContours(polygons=polygons, parents=np.asarray(parents, dtype=np.int32))
 
 
-def rasterize(contours: TissueContours, shape: tuple[int, int], scale: float) -> np.ndarray:
-    """uint8 mask (1 = tissue) of `shape` (h, w), where one mask pixel is 1/scale level-0 pixels.
+def tissue_coverage(
+    contours: TissueContours, shape: tuple[int, int], scale: float, supersample: int = 4, band_rows: int = 512
+) -> np.ndarray:
+    """uint8 (h, w): how many of each pixel's supersample² sub-pixels are tissue (0..supersample²).
 
-    Uses the pixel-centre convention: level-0 point p lands at p·scale − 0.5.
+    cv2.fillPoly rounds vertices and fills inclusively, which biases a plain raster by up to a pixel on the
+    right and bottom edges; sub-pixel sampling shrinks that bias to 1/supersample of a pixel. Rendered in
+    horizontal bands so memory stays at band_rows·supersample rows whatever the mask size.
     """
+    height, width = shape
+    coverage = np.zeros(shape, dtype=np.uint8)
+    fine_scale = scale * supersample
+    for top in range(0, height, band_rows):
+        rows = min(band_rows, height - top)
+        band = _rasterize_window(contours, (rows * supersample, width * supersample), fine_scale,
+                                 offset_y=top * supersample)
+        coverage[top : top + rows] = band.reshape(rows, supersample, width, supersample).sum(axis=(1, 3))
+    return coverage
+
+
+def _rasterize_window(
+    contours: TissueContours, shape: tuple[int, int], scale: float, offset_y: int = 0
+) -> np.ndarray:
     mask = np.zeros(shape, dtype=np.uint8)
     shift = 4  # sub-pixel precision of cv2.fillPoly
 
     def fixed(polygon: np.ndarray) -> np.ndarray:
-        return np.round((polygon.astype(np.float64) * scale - 0.5) * (1 << shift)).astype(np.int32)
+        pixels = polygon.astype(np.float64) * scale - 0.5
+        pixels[:, 1] -= offset_y
+        return np.round(pixels * (1 << shift)).astype(np.int32)
 
     regions = [fixed(contours.polygons[k]) for k in contours.regions]
     holes = [fixed(contours.polygons[k]) for k, parent in enumerate(contours.parents) if parent >= 0]
@@ -87,3 +107,11 @@ def rasterize(contours: TissueContours, shape: tuple[int, int], scale: float) ->
     if holes:
         cv2.fillPoly(mask, holes, 0, lineType=cv2.LINE_8, shift=shift)
     return mask
+
+
+def rasterize(contours: TissueContours, shape: tuple[int, int], scale: float) -> np.ndarray:
+    """uint8 mask (1 = tissue) of `shape` (h, w), where one mask pixel is 1/scale level-0 pixels.
+
+    Uses the pixel-centre convention: level-0 point p lands at p·scale − 0.5.
+    """
+    return _rasterize_window(contours, shape, scale)

@@ -14,8 +14,6 @@ lazily, so ``--segmenter otsu`` never pays for them.
 from __future__ import annotations
 
 import contextlib
-import logging
-import re
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -24,11 +22,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ConfigError, WeightsError, one_line
+from ..devices import resolve_torch_device
+from ..errors import WeightsError, one_line
 from ..weights import WeightsSource, resolve_weights, sha256_of
 from .thumbnail import Thumbnail
-
-log = logging.getLogger(__name__)
 
 SAM2_WEIGHTS = WeightsSource(
     name="sam2",
@@ -49,7 +46,6 @@ _QUIET = (
     r".*Flash Attention is disabled.*",
     r".*torch\.jit\.script.*deprecated.*",
 )
-_DEVICE = re.compile(r"cuda(?::(\d+))?")
 
 
 @contextlib.contextmanager
@@ -58,30 +54,6 @@ def _quiet() -> Iterator[None]:
         for pattern in _QUIET:
             warnings.filterwarnings("ignore", message=pattern)
         yield
-
-
-def resolve_device(requested: str, allow_cpu_fallback: bool = True) -> torch.device:
-    """Validate ``cpu`` / ``cuda`` / ``cuda:<n>`` and return the device to run on.
-
-    CUDA requested on a machine without CUDA falls back to CPU with a warning, as AtlasPatch does (the seed's
-    default is ``--device cuda``); ``allow_cpu_fallback=False`` makes that a ConfigError instead. An index beyond
-    the visible GPUs is always a ConfigError.
-    """
-    text = str(requested).strip().lower()
-    if text == "cpu":
-        return torch.device("cpu")
-    match = _DEVICE.fullmatch(text)
-    if match is None:
-        raise ConfigError(f"invalid device {requested!r}: use cpu, cuda or cuda:<index>")
-    if not torch.cuda.is_available():
-        if not allow_cpu_fallback:
-            raise ConfigError(f"device {requested!r} requested but CUDA is not available; pass --device cpu")
-        log.warning("device %r requested but CUDA is not available; running on CPU", requested)
-        return torch.device("cpu")
-    count = torch.cuda.device_count()
-    if match.group(1) is not None and int(match.group(1)) >= count:
-        raise ConfigError(f"device {requested!r} requested but only {count} CUDA device(s) are visible")
-    return torch.device(text)
 
 
 def build_sam2_tiny() -> torch.nn.Module:
@@ -130,10 +102,9 @@ def _load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path
 def _model_input(image: np.ndarray) -> np.ndarray:
     """RGB uint8 (h, w, 3) → 1024×1024, bilinear, aspect not kept (PIL, as AtlasPatch does)."""
     image = np.ascontiguousarray(image, dtype=np.uint8)
-    if image.shape[:2] == (INPUT_SIZE, INPUT_SIZE):
-        return image
-    resized = Image.fromarray(image).resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR)
-    return np.asarray(resized)
+    if image.shape[:2] != (INPUT_SIZE, INPUT_SIZE):
+        image = np.asarray(Image.fromarray(image).resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR))
+    return image if image.flags.writeable else image.copy()  # torch warns about read-only arrays
 
 
 def _to_thumbnail_size(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -159,7 +130,7 @@ class Sam2Segmenter:
 
     @classmethod
     def load(cls, device: str = "cpu", model_dir: Path | None = None) -> Sam2Segmenter:
-        torch_device = resolve_device(device)
+        torch_device = torch.device(resolve_torch_device(device))  # CUDA missing: warns, uses cpu
         path = resolve_weights(SAM2_WEIGHTS, model_dir)
         weights_id = f"{SAM2_WEIGHTS.source_id} sha256:{sha256_of(path)}"
         model = build_sam2_tiny()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +33,14 @@ def _as_source(path: Path) -> SlideSource:
     return SlideSource(path, slide_stem(path))
 
 
+def _walk(folder: Path) -> Iterator[Path]:
+    for root, _dirs, names in os.walk(folder, followlinks=True):
+        for name in names:
+            yield Path(root) / name
+
+
 def _scan(folder: Path, recursive: bool) -> list[Path]:
-    entries = folder.rglob("*") if recursive else folder.iterdir()
+    entries = _walk(folder) if recursive else folder.iterdir()
     files = [p for p in entries if _is_candidate(p)]
     if not recursive:
         for sub in folder.iterdir():

@@ -12,11 +12,12 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
-from ..segmentation.contours import TissueContours, rasterize
+from ..segmentation.contours import TissueContours, tissue_coverage
 from .geometry import TileGeometry
 
 CELLS_PER_STEP = 8  # mask pixels per lattice step: fractions resolved to ~1/64 of a patch
-MAX_MASK_SIDE = 16_384
+MAX_MASK_SIDE = 8_192
+SUPERSAMPLE = 4
 ROWS_PER_BAND = 256  # lattice rows evaluated at once: bounds memory for any patch count
 
 
@@ -36,8 +37,8 @@ class TissueLattice:
         self.geometry = geometry
         self.scale = _mask_scale(width, height, geometry.step_size_level0)
         mask_w, mask_h = max(1, round(width * self.scale)), max(1, round(height * self.scale))
-        self.mask = rasterize(contours, (mask_h, mask_w), self.scale)
-        self.integral = cv2.integral(self.mask, sdepth=cv2.CV_32S)
+        self.coverage = tissue_coverage(contours, (mask_h, mask_w), self.scale, SUPERSAMPLE)
+        self.integral = cv2.integral(self.coverage, sdepth=cv2.CV_64F)
         self.xs = lattice_positions(width, geometry.step_size_level0)
         self.ys = lattice_positions(height, geometry.step_size_level0)
 
@@ -53,17 +54,12 @@ class TissueLattice:
 
     def tissue_fractions(self, ys: np.ndarray) -> np.ndarray:
         """(len(ys), len(xs)) fraction of each patch's area that is tissue."""
-        mask_h, mask_w = self.mask.shape
+        mask_h, mask_w = self.coverage.shape
         x0, x1, width = self._span(self.xs, mask_w)
         y0, y1, height = self._span(ys, mask_h)
         table = self.integral
-        inside = (
-            table[y1][:, x1].astype(np.int64)
-            - table[y0][:, x1]
-            - table[y1][:, x0]
-            + table[y0][:, x0]
-        )
-        return inside / (height[:, None] * width[None, :])
+        inside = table[y1][:, x1] - table[y0][:, x1] - table[y1][:, x0] + table[y0][:, x0]
+        return inside / (SUPERSAMPLE * SUPERSAMPLE * height[:, None] * width[None, :])
 
     def iter_kept(self, tissue_thresh: float) -> Iterator[np.ndarray]:
         """Level-0 (x, y) int64 arrays, row-major, of patches with tissue ≥ tissue_thresh (and > 0)."""

@@ -1,0 +1,155 @@
+"""Slide readers, mpp/magnification resolution, discovery and the bad-input errors, on the real slides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from atlaspatch.errors import ConfigError, SlideError
+from atlaspatch.slides import find_slides, open_slide, read_mpp_csv, resolve_scale
+from atlaspatch.slides.metadata import magnification_for_mpp
+
+
+def test_aperio_svs_scale_from_objective_power(cmu_svs: Path) -> None:
+    with open_slide(cmu_svs) as slide:
+        assert slide.dimensions == (2220, 2967)
+        assert slide.mpp == pytest.approx(0.499)
+        assert slide.magnification == 20
+        assert slide.scale.magnification_source == "openslide.objective-power"
+        assert slide.extra_attrs["vendor"] == "aperio"
+        region = slide.read_region((1000, 1000), 0, (64, 32))
+        assert region.shape == (32, 64, 3) and region.dtype == np.uint8
+        assert region.std() > 5  # real tissue, not a blank
+
+
+def test_generic_tiff_without_objective_gets_magnification_from_mpp(cmu_pyramid: Path) -> None:
+    with open_slide(cmu_pyramid) as slide:
+        assert slide.level_count == 3
+        assert slide.mpp == pytest.approx(0.499)
+        assert slide.magnification == 20
+        assert slide.scale.magnification_source == "mpp"
+
+
+def test_dicom_series_folder_opens_as_one_slide(cmu_dicom: Path) -> None:
+    with open_slide(cmu_dicom) as slide:
+        assert slide.stem == "CMU-1-Small-Region.dicom"
+        assert slide.dimensions == (2220, 2967)
+        assert slide.magnification == 20
+
+
+def test_implausible_mpp_is_a_one_line_error(boxes_tiff: Path) -> None:
+    with pytest.raises(SlideError, match=r"implausible mpp 352\.778.*--mpp-csv") as caught:
+        open_slide(boxes_tiff)
+    assert "\n" not in str(caught.value)
+
+
+def test_mpp_override_wins_and_sets_magnification(cmu_svs: Path, boxes_tiff: Path) -> None:
+    with open_slide(cmu_svs, mpp_override=0.25) as slide:
+        assert (slide.mpp, slide.magnification) == (0.25, 40)
+        assert slide.scale.mpp_source == "--mpp-csv"
+    with open_slide(boxes_tiff, mpp_override=0.5) as slide:
+        assert slide.magnification == 20
+
+
+@pytest.mark.parametrize(
+    ("props", "mpp", "mag"),
+    [
+        ({"openslide.mpp-x": "0.2431", "openslide.mpp-y": "0.2431"}, 0.2431, 40),
+        ({"aperio.MPP": "0.5", "aperio.AppMag": "20"}, 0.5, 20),
+        ({"tiff.ImageDescription": "Aperio |MPP = 0.2520|"}, 0.252, 40),
+        ({"tiff.XResolution": "40000", "tiff.ResolutionUnit": "centimeter"}, 0.25, 40),
+        ({"tiff.XResolution": "50800", "tiff.ResolutionUnit": "inch"}, 0.5, 20),
+        ({"openslide.objective-power": "10"}, 1.0, 10),
+    ],
+)
+def test_mpp_sources_in_order(props: dict[str, str], mpp: float, mag: int) -> None:
+    scale = resolve_scale(props)
+    assert scale.mpp == pytest.approx(mpp)
+    assert scale.magnification == mag
+
+
+def test_no_mpp_and_no_magnification_fails() -> None:
+    with pytest.raises(SlideError, match="no mpp and no magnification"):
+        resolve_scale({})
+
+
+def test_magnification_table() -> None:
+    assert [magnification_for_mpp(m) for m in (0.12, 0.18, 0.25, 0.5, 1.0, 2.0)] == [80, 60, 40, 20, 10, 5]
+
+
+def test_plain_image_needs_an_mpp(tmp_path: Path, cmu_svs: Path) -> None:
+    with open_slide(cmu_svs) as slide:
+        pixels = slide.read_region((0, 0), 0, (600, 400))
+    png = tmp_path / "region.png"
+    Image.fromarray(pixels).save(png)
+    with pytest.raises(SlideError, match="no mpp"):
+        open_slide(png)
+    with open_slide(png, mpp_override=0.5) as image:
+        assert image.reader.backend == "image"
+        assert np.array_equal(image.read_region((10, 20), 0, (30, 40)), pixels[20:60, 10:40])
+        outside = image.read_region((590, 390), 0, (20, 20))
+        assert (outside[10:, :] == 255).all() and (outside[:, 10:] == 255).all()
+
+
+def test_corrupt_truncated_and_empty_files(tmp_path: Path, cmu_svs: Path) -> None:
+    truncated = tmp_path / "truncated.svs"
+    truncated.write_bytes(cmu_svs.read_bytes()[:20_000])
+    garbage = tmp_path / "garbage.svs"
+    garbage.write_bytes(b"this is not a slide" * 100)
+    empty = tmp_path / "empty.ndpi"
+    empty.touch()
+    renamed = tmp_path / "notes.txt"
+    renamed.write_text("hello")
+    for path, reason in [(truncated, "truncated.svs: "), (garbage, "garbage.svs: "), (empty, "empty file"),
+                         (renamed, "unsupported extension .txt")]:
+        with pytest.raises(SlideError, match=reason) as caught:
+            open_slide(path)
+        assert "\n" not in str(caught.value)
+
+
+def test_discovery_is_sorted_case_insensitive_and_groups_dicom(slides_dir: Path, tmp_path: Path, cmu_svs: Path,
+                                                                cmu_dicom: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "B.SVS").symlink_to(cmu_svs)
+    (folder / "a.Svs").symlink_to(cmu_svs)
+    (folder / "series.dicom").symlink_to(cmu_dicom, target_is_directory=True)
+    (folder / "notes.txt").write_text("not a slide")
+    (folder / "nested").mkdir()
+    (folder / "nested" / "c.svs").symlink_to(cmu_svs)
+    assert [s.stem for s in find_slides(folder)] == ["B", "a", "series.dicom"]
+    assert [s.stem for s in find_slides(folder, recursive=True)] == ["B", "a", "c", "series.dicom"]
+
+
+def test_same_stem_twice_is_refused_up_front(tmp_path: Path, cmu_svs: Path) -> None:
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "slide.svs").symlink_to(cmu_svs)
+    with pytest.raises(ConfigError, match="same stem.*slide"):
+        find_slides(tmp_path, recursive=True)
+
+
+def test_directory_without_slides(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no slides found"):
+        find_slides(tmp_path)
+
+
+def test_mpp_csv(tmp_path: Path) -> None:
+    good = tmp_path / "mpp.csv"
+    good.write_text("wsi,mpp\nslide_a.svs,0.25\nslide_b,0.5\n")
+    assert read_mpp_csv(good) == {"slide_a.svs": 0.25, "slide_a": 0.25, "slide_b": 0.5}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("wsi,mpp\nslide_a,abc\n")
+    with pytest.raises(ConfigError, match="line 2: mpp 'abc' is not a number"):
+        read_mpp_csv(bad)
+    wrong_header = tmp_path / "header.csv"
+    wrong_header.write_text("slide,microns\nx,0.5\n")
+    with pytest.raises(ConfigError, match="columns wsi,mpp"):
+        read_mpp_csv(wrong_header)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("wsi,mpp\n")
+    with pytest.raises(ConfigError, match="no rows"):
+        read_mpp_csv(empty)
