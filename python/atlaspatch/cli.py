@@ -110,8 +110,10 @@ def segment_and_get_coords(
             visualize=VisualizeOptions(grids=visualize_grids, mask=visualize_mask, contours=visualize_contours),
         )
         sources = find_slides(wsi_path, recursive)
+        pipeline = SegmentTilePipeline(request)
+        checked = pipeline.preflight(sources)
         with slide_progress(len(sources)) as advance:
-            outcomes = SegmentTilePipeline(request).run(sources, on_done=advance)
+            outcomes = pipeline.run(sources, on_done=advance, outcomes=checked)
         return print_summary(outcomes, SLIDE_COLUMNS)
 
     _guarded(run)

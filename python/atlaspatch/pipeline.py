@@ -133,9 +133,15 @@ class SegmentTilePipeline:
             self._segmenter = build_segmenter(self.request.segmenter, self.request.device, self.request.model_dir)
         return self._segmenter
 
-    def run(self, sources: list[SlideSource], on_done: Any = None) -> list[SlideOutcome]:
+    def preflight(self, sources: list[SlideSource]) -> dict[str, SlideOutcome]:
+        """Check every existing output before any work; raises ReuseConflict listing all mismatches."""
         outcomes = {s.stem: SlideOutcome(stem=s.stem, path=s.path) for s in sources}
         refuse_mismatching_outputs(sources, self.request, outcomes)
+        return outcomes
+
+    def run(self, sources: list[SlideSource], on_done: Any = None,
+            outcomes: dict[str, SlideOutcome] | None = None) -> list[SlideOutcome]:
+        outcomes = outcomes if outcomes is not None else self.preflight(sources)
         pending = [s for s in sources if not outcomes[s.stem].failed]
         for s in sources:
             if outcomes[s.stem].failed and on_done:

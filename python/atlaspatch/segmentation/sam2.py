@@ -6,6 +6,8 @@ thresholded at logit 0 and resized back to the thumbnail with NEAREST. The model
 package's own ``sam2.1_hiera_t.yaml`` without the "dynamic multimask via stability" post-processing that
 ``build_sam2`` adds by default (AtlasPatch instantiates the bare config, so its decoder runs without it), and the
 checkpoint's ``["model"]`` state dict is loaded with strict=True.
+It runs in float32 on every device, as AtlasPatch does: the mask is a threshold on logits, so reduced
+precision could move the tissue boundary.
 
 This is the only module of the segmentation package that imports torch and sam2; the registry imports it
 lazily, so ``--segmenter otsu`` never pays for them.
