@@ -70,13 +70,18 @@ def mask_to_contours(mask: np.ndarray, downsample: tuple[float, float], min_hole
 
 
 def tissue_coverage(
-    contours: TissueContours, shape: tuple[int, int], scale: float, supersample: int = 4, band_rows: int = 512
+    contours: TissueContours,
+    shape: tuple[int, int],
+    scale: float,
+    supersample: int = 4,
+    first_row: int = 0,
+    band_rows: int = 512,
 ) -> np.ndarray:
     """uint8 (h, w): how many of each pixel's supersample² sub-pixels are tissue (0..supersample²).
 
-    cv2.fillPoly rounds vertices and fills inclusively, which biases a plain raster by up to a pixel on the
-    right and bottom edges; sub-pixel sampling shrinks that bias to 1/supersample of a pixel. Rendered in
-    horizontal bands so memory stays at band_rows·supersample rows whatever the mask size.
+    Covers mask rows first_row .. first_row + h. cv2.fillPoly rounds vertices and fills inclusively, which
+    biases a plain raster by up to a pixel on the right and bottom edges; sub-pixel sampling shrinks that bias
+    to 1/supersample of a pixel. Rendered in bands of band_rows rows to bound memory.
     """
     height, width = shape
     coverage = np.zeros(shape, dtype=np.uint8)
@@ -84,7 +89,7 @@ def tissue_coverage(
     for top in range(0, height, band_rows):
         rows = min(band_rows, height - top)
         band = _rasterize_window(contours, (rows * supersample, width * supersample), fine_scale,
-                                 offset_y=top * supersample)
+                                 offset_y=(first_row + top) * supersample)
         coverage[top : top + rows] = band.reshape(rows, supersample, width, supersample).sum(axis=(1, 3))
     return coverage
 

@@ -2,7 +2,8 @@
 
 Patches sit on one slide-global lattice (multiples of the level-0 step from the origin), so overlapping
 regions never produce duplicates and the same slide always yields the same grid. The tissue fraction of
-every lattice patch comes from an integral image of the tissue polygons rasterised at a few pixels per step.
+every lattice patch comes from an integral image of the tissue polygons rasterised at a few pixels per step,
+one band of lattice rows at a time, so memory does not grow with the slide or the patch count.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from ..segmentation.contours import TissueContours, tissue_coverage
 from .geometry import TileGeometry
 
 CELLS_PER_STEP = 8  # mask pixels per lattice step: fractions resolved to ~1/64 of a patch
-MAX_MASK_SIDE = 8_192
+MAX_MASK_SIDE = 16_384
 SUPERSAMPLE = 4
-ROWS_PER_BAND = 256  # lattice rows evaluated at once: bounds memory for any patch count
+ROWS_PER_BAND = 64  # lattice rows evaluated at once
 
 
 def _mask_scale(width: int, height: int, step_level0: int) -> float:
@@ -34,11 +35,10 @@ def lattice_positions(length: int, step: int) -> np.ndarray:
 class TissueLattice:
     def __init__(self, contours: TissueContours, dimensions: tuple[int, int], geometry: TileGeometry) -> None:
         width, height = dimensions
+        self.contours = contours
         self.geometry = geometry
         self.scale = _mask_scale(width, height, geometry.step_size_level0)
-        mask_w, mask_h = max(1, round(width * self.scale)), max(1, round(height * self.scale))
-        self.coverage = tissue_coverage(contours, (mask_h, mask_w), self.scale, SUPERSAMPLE)
-        self.integral = cv2.integral(self.coverage, sdepth=cv2.CV_64F)
+        self.mask_shape = (max(1, round(height * self.scale)), max(1, round(width * self.scale)))
         self.xs = lattice_positions(width, geometry.step_size_level0)
         self.ys = lattice_positions(height, geometry.step_size_level0)
 
@@ -54,11 +54,16 @@ class TissueLattice:
 
     def tissue_fractions(self, ys: np.ndarray) -> np.ndarray:
         """(len(ys), len(xs)) fraction of each patch's area that is tissue."""
-        mask_h, mask_w = self.coverage.shape
+        mask_h, mask_w = self.mask_shape
         x0, x1, width = self._span(self.xs, mask_w)
         y0, y1, height = self._span(ys, mask_h)
-        table = self.integral
-        inside = table[y1][:, x1] - table[y0][:, x1] - table[y1][:, x0] + table[y0][:, x0]
+        top, bottom = int(y0.min()), int(y1.max())
+        if bottom <= top or not self.contours.regions:
+            return np.zeros((len(ys), len(self.xs)))
+        coverage = tissue_coverage(self.contours, (bottom - top, mask_w), self.scale, SUPERSAMPLE, first_row=top)
+        table = cv2.integral(coverage, sdepth=cv2.CV_32S)
+        y0, y1 = y0 - top, y1 - top
+        inside = (table[y1][:, x1].astype(np.int64) - table[y0][:, x1] - table[y1][:, x0] + table[y0][:, x0])
         return inside / (SUPERSAMPLE * SUPERSAMPLE * height[:, None] * width[None, :])
 
     def iter_kept(self, tissue_thresh: float) -> Iterator[np.ndarray]:
