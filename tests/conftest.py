@@ -63,12 +63,16 @@ def boxes_tiff(slides_dir: Path) -> Path:
     return _slide(slides_dir, "boxes-synthetic.tiff")
 
 
-def run_atlaspatch(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None
-                   ) -> subprocess.CompletedProcess[str]:
+def run_atlaspatch(
+    *args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """The real console command, as a user runs it."""
     return subprocess.run(
         [sys.executable, "-m", "atlaspatch", *map(str, args)],
-        capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
     )
 
 

@@ -8,16 +8,35 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import run_atlaspatch
 
 from atlaspatch.h5 import schema
+from conftest import run_atlaspatch
 
 COMMON = ("--patch-size", "224", "--target-mag", "20", "--segmenter", "otsu", "--device", "cpu")
 CONTRACT_ATTRS = {
-    "patch_size", "patch_size_level0", "level0_magnification", "target_magnification", "overlap", "level0_width",
-    "level0_height", "wsi_path", "passport_format", "passport_version", "creation_date", "filename", "mpp",
-    "magnification", "vendor", "num_patches", "step_size", "segmenter", "tissue_thresh", "fast_mode",
-    "white_thresh", "black_thresh", "atlaspatch_version",
+    "patch_size",
+    "patch_size_level0",
+    "level0_magnification",
+    "target_magnification",
+    "overlap",
+    "level0_width",
+    "level0_height",
+    "wsi_path",
+    "passport_format",
+    "passport_version",
+    "creation_date",
+    "filename",
+    "mpp",
+    "magnification",
+    "vendor",
+    "num_patches",
+    "step_size",
+    "segmenter",
+    "tissue_thresh",
+    "fast_mode",
+    "white_thresh",
+    "black_thresh",
+    "atlaspatch_version",
 }
 
 
@@ -39,8 +58,16 @@ def mixed_dir(link_slides, tmp_path: Path, cmu_svs: Path, cmu_pyramid: Path, tin
 
 def test_directory_run_with_bad_slides(mixed_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = run_atlaspatch("segment-and-get-coords", mixed_dir, "-o", out, *COMMON, "--visualize-grids",
-                            "--visualize-mask", "--visualize-contours")
+    result = run_atlaspatch(
+        "segment-and-get-coords",
+        mixed_dir,
+        "-o",
+        out,
+        *COMMON,
+        "--visualize-grids",
+        "--visualize-mask",
+        "--visualize-contours",
+    )
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     failed = [line for line in result.stderr.splitlines() if line.startswith("FAILED")]
@@ -50,10 +77,13 @@ def test_directory_run_with_bad_slides(mixed_dir: Path, tmp_path: Path) -> None:
     assert "3 of 5 slide(s) succeeded, 2 failed" in result.stdout
     patches = out / "patches"
     assert sorted(p.name for p in patches.glob("*.h5")) == [
-        "CMU-1-Small-Region.h5", "CMU-1-Small-Region.pyramid.h5", "tiny-synthetic.h5"]
+        "CMU-1-Small-Region.h5",
+        "CMU-1-Small-Region.pyramid.h5",
+        "tiny-synthetic.h5",
+    ]
     assert not list(patches.glob(".*tmp*")) and not list(patches.glob("*.lock"))
     with h5py.File(patches / "CMU-1-Small-Region.h5") as handle:
-        assert CONTRACT_ATTRS <= set(handle.attrs)
+        assert set(handle.attrs) >= CONTRACT_ATTRS
         assert handle.attrs["num_patches"] == handle[schema.COORDS].shape[0] > 50
         assert handle[schema.COORDS].dtype == np.int32
         assert schema.TISSUE_POINTS in handle and handle[schema.TISSUE].attrs["segmenter"] == "otsu"
@@ -64,8 +94,9 @@ def test_directory_run_with_bad_slides(mixed_dir: Path, tmp_path: Path) -> None:
         assert (out / "visualization" / f"CMU-1-Small-Region{suffix}.png").stat().st_size > 10_000
 
 
-def test_rerun_reuses_and_changed_geometry_is_refused_before_any_work(link_slides, tmp_path: Path,
-                                                                     cmu_svs: Path, cmu_pyramid: Path) -> None:
+def test_rerun_reuses_and_changed_geometry_is_refused_before_any_work(
+    link_slides, tmp_path: Path, cmu_svs: Path, cmu_pyramid: Path
+) -> None:
     folder = link_slides(cmu_svs)
     out = tmp_path / "out"
     assert run_atlaspatch("segment-and-get-coords", folder, "-o", out, *COMMON).returncode == 0
@@ -77,8 +108,20 @@ def test_rerun_reuses_and_changed_geometry_is_refused_before_any_work(link_slide
     assert (sha(h5), h5.stat().st_mtime_ns) == (digest, mtime)
 
     (folder / cmu_pyramid.name).symlink_to(cmu_pyramid)  # a new slide: must not be processed either
-    changed = run_atlaspatch("segment-and-get-coords", folder, "-o", out, "--patch-size", "256", "--target-mag",
-                             "20", "--segmenter", "otsu", "--tissue-thresh", "0.5")
+    changed = run_atlaspatch(
+        "segment-and-get-coords",
+        folder,
+        "-o",
+        out,
+        "--patch-size",
+        "256",
+        "--target-mag",
+        "20",
+        "--segmenter",
+        "otsu",
+        "--tissue-thresh",
+        "0.5",
+    )
     assert changed.returncode == 2
     message = changed.stderr.strip()
     assert len(message.splitlines()) == 1
@@ -87,8 +130,19 @@ def test_rerun_reuses_and_changed_geometry_is_refused_before_any_work(link_slide
     assert sha(h5) == digest
     assert not (out / "patches" / "CMU-1-Small-Region.pyramid.h5").exists()
 
-    forced = run_atlaspatch("segment-and-get-coords", folder, "-o", out, "--patch-size", "256", "--target-mag",
-                            "20", "--segmenter", "otsu", "--force")
+    forced = run_atlaspatch(
+        "segment-and-get-coords",
+        folder,
+        "-o",
+        out,
+        "--patch-size",
+        "256",
+        "--target-mag",
+        "20",
+        "--segmenter",
+        "otsu",
+        "--force",
+    )
     assert forced.returncode == 0
     with h5py.File(h5) as handle:
         assert handle.attrs["patch_size"] == 256
@@ -97,8 +151,18 @@ def test_rerun_reuses_and_changed_geometry_is_refused_before_any_work(link_slide
 
 def test_target_above_base_fails_that_slide_only(link_slides, tmp_path: Path, cmu_svs: Path) -> None:
     folder = link_slides(cmu_svs)
-    result = run_atlaspatch("segment-and-get-coords", folder, "-o", tmp_path / "out", "--patch-size", "224",
-                            "--target-mag", "40", "--segmenter", "otsu")
+    result = run_atlaspatch(
+        "segment-and-get-coords",
+        folder,
+        "-o",
+        tmp_path / "out",
+        "--patch-size",
+        "224",
+        "--target-mag",
+        "40",
+        "--segmenter",
+        "otsu",
+    )
     assert result.returncode == 1
     assert "target magnification 40x is above the slide's base 20x" in result.stderr
     assert not (tmp_path / "out" / "patches" / "CMU-1-Small-Region.h5").exists()
@@ -126,8 +190,9 @@ def test_stage_commands_equal_the_combined_command(tmp_path: Path, cmu_dicom: Pa
     with h5py.File(segmented) as handle:
         assert schema.TISSUE in handle and schema.COORDS not in handle
     before = sha(segmented)
-    tile = run_atlaspatch("tile", cmu_dicom, "--h5", segmented, "-o", staged, "--patch-size", "224",
-                          "--target-mag", "20")
+    tile = run_atlaspatch(
+        "tile", cmu_dicom, "--h5", segmented, "-o", staged, "--patch-size", "224", "--target-mag", "20"
+    )
     assert tile.returncode == 0, tile.stderr
     assert sha(segmented) == before  # the staged input is never modified
     ours = staged / "patches" / "CMU-1-Small-Region.dicom.h5"
@@ -145,20 +210,60 @@ def test_cli_errors_are_one_line(tmp_path: Path, cmu_svs: Path) -> None:
     result = run_atlaspatch("segment-and-get-coords", tmp_path, "-o", tmp_path / "out", *COMMON)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("Error:") and "no slides found" in result.stderr
-    bad_device = run_atlaspatch("segment-and-get-coords", cmu_svs, "-o", tmp_path / "out", "--patch-size", "224",
-                                "--target-mag", "20", "--device", "gpu7")
+    bad_device = run_atlaspatch(
+        "segment-and-get-coords",
+        cmu_svs,
+        "-o",
+        tmp_path / "out",
+        "--patch-size",
+        "224",
+        "--target-mag",
+        "20",
+        "--device",
+        "gpu7",
+    )
     assert bad_device.returncode == 2 and "is not a device" in bad_device.stderr
-    unknown = run_atlaspatch("segment-and-get-coords", cmu_svs, "-o", tmp_path / "out", "--patch-size", "224",
-                             "--target-mag", "20", "--segmenter", "magic", "--device", "cpu")
+    unknown = run_atlaspatch(
+        "segment-and-get-coords",
+        cmu_svs,
+        "-o",
+        tmp_path / "out",
+        "--patch-size",
+        "224",
+        "--target-mag",
+        "20",
+        "--segmenter",
+        "magic",
+        "--device",
+        "cpu",
+    )
     assert unknown.returncode == 2 and "unknown segmenter 'magic'" in unknown.stderr
     for result in (bad_device, unknown):
         assert "Traceback" not in result.stderr
 
 
 def test_save_images(tmp_path: Path, cmu_svs: Path) -> None:
-    result = run_atlaspatch("segment-and-get-coords", cmu_svs, "-o", tmp_path / "out", *COMMON, "--save-images",
-                            "--patch-workers", "2", "--tissue-thresh", "0.5")
+    result = run_atlaspatch(
+        "segment-and-get-coords",
+        cmu_svs,
+        "-o",
+        tmp_path / "out",
+        *COMMON,
+        "--save-images",
+        "--patch-workers",
+        "2",
+        "--tissue-thresh",
+        "0.5",
+    )
     assert result.returncode == 0, result.stderr
     h5 = tmp_path / "out" / "patches" / "CMU-1-Small-Region.h5"
     names = {f"CMU-1-Small-Region_x{x}_y{y}.png" for x, y in coords(h5)[:, :2]}
-    assert {p.name for p in (tmp_path / "out" / "images" / "CMU-1-Small-Region").iterdir()} == names
+    images = tmp_path / "out" / "images" / "CMU-1-Small-Region"
+    assert {p.name for p in images.iterdir()} == names
+    for png in list(images.iterdir())[:3]:
+        png.unlink()
+    again = run_atlaspatch(
+        "segment-and-get-coords", cmu_svs, "-o", tmp_path / "out", *COMMON, "--save-images", "--tissue-thresh", "0.5"
+    )
+    assert again.returncode == 0 and "reused" in again.stdout
+    assert {p.name for p in images.iterdir()} == names  # a reused H5 still gets its PNGs

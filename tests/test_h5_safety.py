@@ -64,7 +64,7 @@ def test_truncated_h5_is_a_clear_error(tmp_path: Path) -> None:
         handle.create_dataset("coords", data=np.zeros((1000, 5), np.int32))
         handle.attrs["num_patches"] = 1000
     path.write_bytes(path.read_bytes()[:1500])
-    with pytest.raises(H5Error, match="unreadable.*--force"):
+    with pytest.raises(H5Error, match=r"unreadable.*--force"):
         inspect_h5(path)
 
 
@@ -96,11 +96,15 @@ def test_lock_of_a_dead_process_is_taken_over(tmp_path: Path) -> None:
 def test_lock_of_a_live_process_is_respected(tmp_path: Path) -> None:
     lock_path = tmp_path / "slide.lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from atlaspatch.h5.locks import SlideLock\n"
-         "with SlideLock(Path(sys.argv[1]), slide='s'):\n    print('held', flush=True); time.sleep(30)\n",
-         str(lock_path)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from atlaspatch.h5.locks import SlideLock\n"
+            "with SlideLock(Path(sys.argv[1]), slide='s'):\n    print('held', flush=True); time.sleep(30)\n",
+            str(lock_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"

@@ -170,19 +170,36 @@ def test_device_handling(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert str(fallback.device) == "cpu"
 
 
-def test_cli_runs_sam2_in_batches_from_the_model_dir(model_dir: Path, tmp_path: Path, link_slides, cmu_svs: Path,
-                                                      cmu_pyramid: Path, boxes_tiff: Path) -> None:
+def test_cli_runs_sam2_in_batches_from_the_model_dir(
+    model_dir: Path, tmp_path: Path, link_slides, cmu_svs: Path, cmu_pyramid: Path, boxes_tiff: Path
+) -> None:
     """The whole command on real slides: weights from --model-dir, two thumbnails per model call."""
     import h5py
-    from conftest import run_atlaspatch
 
     from atlaspatch.weights import sha256_of
+    from conftest import run_atlaspatch
 
     folder = link_slides(cmu_svs, cmu_pyramid, boxes_tiff)
     out = tmp_path / "out"
-    result = run_atlaspatch("segment-and-get-coords", folder, "-o", out, "--patch-size", "512", "--target-mag", "20",
-                            "--segmenter", "sam2", "--model-dir", model_dir, "--device", "cpu", "--seg-batch-size", "2",
-                            env={"HF_HUB_OFFLINE": "1"})
+    result = run_atlaspatch(
+        "segment-and-get-coords",
+        folder,
+        "-o",
+        out,
+        "--patch-size",
+        "512",
+        "--target-mag",
+        "20",
+        "--segmenter",
+        "sam2",
+        "--model-dir",
+        model_dir,
+        "--device",
+        "cpu",
+        "--seg-batch-size",
+        "2",
+        env={"HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 1  # boxes-synthetic has no usable mpp; the other two finish
     assert "boxes-synthetic" in result.stderr and "2 of 3 slide(s) succeeded" in result.stdout
     expected = f"AtlasAnalyticsLab/AtlasPatch/model.pth sha256:{sha256_of(model_dir / 'sam2' / 'model.pth')}"

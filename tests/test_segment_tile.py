@@ -11,7 +11,7 @@ import pytest
 
 from atlaspatch.errors import SlideError
 from atlaspatch.h5 import schema
-from atlaspatch.segmentation import mask_to_contours, rasterize, read_thumbnail
+from atlaspatch.segmentation import mask_to_contours, rasterize
 from atlaspatch.segmentation.otsu import OtsuSegmenter
 from atlaspatch.segmentation.thumbnail import thumbnail_size
 from atlaspatch.slides import open_slide
@@ -42,7 +42,7 @@ def test_thumbnail_is_1_25x_and_at_most_1024() -> None:
 
 
 def test_otsu_finds_the_tissue(cmu) -> None:
-    slide, tissue = cmu
+    _slide, tissue = cmu
     assert tissue.mask.shape == (185, 139)
     assert 0.2 < tissue.tissue_fraction < 0.5  # the section covers about a third of the glass
     assert len(tissue.contours.regions) >= 1
@@ -145,7 +145,8 @@ def test_no_fast_mode_drops_pale_patches(cmu) -> None:
     geometry = plan_geometry(slide, 224, None, 20)
     dropped = kept_fast - {tuple(c) for c in strict_white[:, :2]}
     for x, y in list(dropped)[:5]:
-        assert not passes_pixel_filters(read_patch(slide, x, y, geometry), 120, 50)
+        row = (x, y, geometry.read_size, geometry.read_size, geometry.level)
+        assert not passes_pixel_filters(read_patch(slide, row, 224), 120, 50)
 
 
 def test_streamed_h5_matches_and_is_chunked_by_write_batch(cmu, tmp_path: Path) -> None:
@@ -171,11 +172,12 @@ def test_saved_images_are_the_patches(cmu, tmp_path: Path) -> None:
     pngs = sorted((tmp_path / "images" / slide.stem).glob("*.png"))
     assert len(pngs) == result.num_patches > 0
     with h5py.File(tmp_path / "p.h5") as handle:
-        x, y = handle[schema.COORDS][0, :2]
+        row = handle[schema.COORDS][0]
+    x, y = row[:2]
     png = tmp_path / "images" / slide.stem / f"{slide.stem}_x{x}_y{y}.png"
     saved = cv2.cvtColor(cv2.imread(str(png)), cv2.COLOR_BGR2RGB)
     assert saved.shape == (224, 224, 3)  # 448 level-0 pixels resized to the 10x patch size
-    assert np.array_equal(saved, read_patch(slide, x, y, result.geometry))
+    assert np.array_equal(saved, read_patch(slide, row, 224))
 
 
 def test_mask_to_contours_keeps_holes() -> None:

@@ -103,15 +103,20 @@ def test_corrupt_truncated_and_empty_files(tmp_path: Path, cmu_svs: Path) -> Non
     empty.touch()
     renamed = tmp_path / "notes.txt"
     renamed.write_text("hello")
-    for path, reason in [(truncated, "truncated.svs: "), (garbage, "garbage.svs: "), (empty, "empty file"),
-                         (renamed, "unsupported extension .txt")]:
+    for path, reason in [
+        (truncated, "truncated.svs: "),
+        (garbage, "garbage.svs: "),
+        (empty, "empty file"),
+        (renamed, "unsupported extension .txt"),
+    ]:
         with pytest.raises(SlideError, match=reason) as caught:
             open_slide(path)
         assert "\n" not in str(caught.value)
 
 
-def test_discovery_is_sorted_case_insensitive_and_groups_dicom(slides_dir: Path, tmp_path: Path, cmu_svs: Path,
-                                                                cmu_dicom: Path) -> None:
+def test_discovery_is_sorted_case_insensitive_and_groups_dicom(
+    slides_dir: Path, tmp_path: Path, cmu_svs: Path, cmu_dicom: Path
+) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "B.SVS").symlink_to(cmu_svs)
@@ -128,7 +133,7 @@ def test_same_stem_twice_is_refused_up_front(tmp_path: Path, cmu_svs: Path) -> N
     for sub in ("x", "y"):
         (tmp_path / sub).mkdir()
         (tmp_path / sub / "slide.svs").symlink_to(cmu_svs)
-    with pytest.raises(ConfigError, match="same stem.*slide"):
+    with pytest.raises(ConfigError, match=r"same stem.*slide"):
         find_slides(tmp_path, recursive=True)
 
 

@@ -33,8 +33,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Show the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
 ) -> None:
     pass
 
@@ -100,12 +101,23 @@ def segment_and_get_coords(
         request = SegmentTileRequest(
             output=output,
             tile=TileOptions(
-                patch_size=patch_size, step_size=step_size, target_mag=target_mag, tissue_thresh=tissue_thresh,
-                fast_mode=fast_mode, white_thresh=white_thresh, black_thresh=black_thresh, write_batch=write_batch,
-                patch_workers=patch_workers, save_images=save_images,
+                patch_size=patch_size,
+                step_size=step_size,
+                target_mag=target_mag,
+                tissue_thresh=tissue_thresh,
+                fast_mode=fast_mode,
+                white_thresh=white_thresh,
+                black_thresh=black_thresh,
+                write_batch=write_batch,
+                patch_workers=patch_workers,
+                save_images=save_images,
             ),
-            segmenter=segmenter, device=validate_device(device), model_dir=model_dir,
-            seg_batch_size=seg_batch_size, max_open_slides=max_open_slides, force=not skip_existing,
+            segmenter=segmenter,
+            device=validate_device(device),
+            model_dir=model_dir,
+            seg_batch_size=seg_batch_size,
+            max_open_slides=max_open_slides,
+            force=not skip_existing,
             mpp_overrides=_mpp_overrides(mpp_csv),
             visualize=VisualizeOptions(grids=visualize_grids, mask=visualize_mask, contours=visualize_contours),
         )
@@ -139,9 +151,18 @@ def segment(
 
     def run() -> int:
         setup_logging(verbose)
-        outcome = run_segment_stage(slide, output, segmenter=segmenter, device=device, model_dir=model_dir,
-                                    mpp=mpp, mpp_overrides=_mpp_overrides(mpp_csv), force=not skip_existing,
-                                    visualize_mask=visualize_mask, visualize_contours=visualize_contours)
+        outcome = run_segment_stage(
+            slide,
+            output,
+            segmenter=segmenter,
+            device=device,
+            model_dir=model_dir,
+            mpp=mpp,
+            mpp_overrides=_mpp_overrides(mpp_csv),
+            force=not skip_existing,
+            visualize_mask=visualize_mask,
+            visualize_contours=visualize_contours,
+        )
         typer.echo(outcome)
         return 0
 
@@ -151,8 +172,9 @@ def segment(
 @app.command("tile")
 def tile(
     slide: Annotated[Path, typer.Argument(help="The slide the H5 was segmented from.")],
-    h5: Annotated[Path, typer.Option("--h5", exists=True, dir_okay=False, help="H5 from the segment stage "
-                                     "(never modified).")],
+    h5: Annotated[
+        Path, typer.Option("--h5", exists=True, dir_okay=False, help="H5 from the segment stage (never modified).")
+    ],
     output: opt.Output,
     patch_size: opt.PatchSize,
     target_mag: opt.TargetMag,
@@ -181,13 +203,27 @@ def tile(
     def run() -> int:
         setup_logging(verbose)
         options = TileOptions(
-            patch_size=patch_size, step_size=step_size, target_mag=target_mag, tissue_thresh=tissue_thresh,
-            fast_mode=fast_mode, white_thresh=white_thresh, black_thresh=black_thresh, write_batch=write_batch,
-            patch_workers=patch_workers, save_images=save_images,
+            patch_size=patch_size,
+            step_size=step_size,
+            target_mag=target_mag,
+            tissue_thresh=tissue_thresh,
+            fast_mode=fast_mode,
+            white_thresh=white_thresh,
+            black_thresh=black_thresh,
+            write_batch=write_batch,
+            patch_workers=patch_workers,
+            save_images=save_images,
         )
-        outcome = run_tile_stage(slide, h5, output, options, mpp=mpp, mpp_overrides=_mpp_overrides(mpp_csv),
-                                 force=not skip_existing,
-                                 visualize=VisualizeOptions(visualize_grids, visualize_mask, visualize_contours))
+        outcome = run_tile_stage(
+            slide,
+            h5,
+            output,
+            options,
+            mpp=mpp,
+            mpp_overrides=_mpp_overrides(mpp_csv),
+            force=not skip_existing,
+            visualize=VisualizeOptions(visualize_grids, visualize_mask, visualize_contours),
+        )
         typer.echo(outcome)
         return 0
 

@@ -23,7 +23,7 @@ from .segmentation.registry import Segmenter, build_segmenter
 from .slides.discovery import SlideSource, mpp_override_for
 from .slides.reader import Slide, open_slide
 from .stages.segment import TissueSegmentation, read_tissue, segment_slides
-from .stages.tile import TileOptions, geometry_attrs, write_tiled_h5
+from .stages.tile import TileOptions, export_patch_images, geometry_attrs, write_tiled_h5
 from .tiling.geometry import plan_geometry
 from .visualize import VisualizeOptions, write_visualizations
 
@@ -79,8 +79,9 @@ def reuse_conflict(source: SlideSource, state: H5State, request: SegmentTileRequ
     return describe_mismatches(mismatches) if mismatches else None
 
 
-def refuse_mismatching_outputs(sources: list[SlideSource], request: SegmentTileRequest,
-                               outcomes: dict[str, SlideOutcome]) -> None:
+def refuse_mismatching_outputs(
+    sources: list[SlideSource], request: SegmentTileRequest, outcomes: dict[str, SlideOutcome]
+) -> None:
     """Before any work: an existing H5 with other geometry is never overwritten without --force."""
     if request.force:
         return
@@ -139,8 +140,9 @@ class SegmentTilePipeline:
         refuse_mismatching_outputs(sources, self.request, outcomes)
         return outcomes
 
-    def run(self, sources: list[SlideSource], on_done: Any = None,
-            outcomes: dict[str, SlideOutcome] | None = None) -> list[SlideOutcome]:
+    def run(
+        self, sources: list[SlideSource], on_done: Any = None, outcomes: dict[str, SlideOutcome] | None = None
+    ) -> list[SlideOutcome]:
         outcomes = outcomes if outcomes is not None else self.preflight(sources)
         pending = [s for s in sources if not outcomes[s.stem].failed]
         for s in sources:
@@ -151,7 +153,9 @@ class SegmentTilePipeline:
             futures: list[Future[None]] = []
             batch_size = max(1, self.request.seg_batch_size)
             for start in range(0, len(pending), batch_size):
-                claimed = [self._claim(s, outcomes[s.stem], open_slots, on_done) for s in pending[start:start + batch_size]]
+                claimed = [
+                    self._claim(s, outcomes[s.stem], open_slots, on_done) for s in pending[start : start + batch_size]
+                ]
                 claimed = [c for c in claimed if c is not None]
                 self._segment_batch(claimed, open_slots, on_done)
                 for item in claimed:
@@ -176,8 +180,9 @@ class SegmentTilePipeline:
             log.debug("unexpected failure on %s", item.source.stem, exc_info=exc)
         self._finish(item, open_slots, on_done)
 
-    def _claim(self, source: SlideSource, outcome: SlideOutcome, open_slots: BoundedSemaphore,
-               on_done: Any) -> _Claimed | None:
+    def _claim(
+        self, source: SlideSource, outcome: SlideOutcome, open_slots: BoundedSemaphore, on_done: Any
+    ) -> _Claimed | None:
         """Lock the slide, then decide under the lock: reuse, tile only, or segment and tile."""
         layout = self.request.layout
         open_slots.acquire()
@@ -192,11 +197,12 @@ class SegmentTilePipeline:
                 if reason:  # changed by another run since the preflight
                     raise ReuseConflict(f"{source.stem}: {describe_mismatches(reason)}; use --force")
                 outcome.status, outcome.num_patches = "reused", item.state.num_patches
-                self._visualize_existing(item)
+                self._complete_optional_outputs(item)
                 self._finish(item, open_slots, on_done)
                 return None
-            plan_geometry(item.slide, self.request.tile.patch_size, self.request.tile.step_size,
-                          self.request.tile.target_mag)
+            plan_geometry(
+                item.slide, self.request.tile.patch_size, self.request.tile.step_size, self.request.tile.target_mag
+            )
             if item.state is not None:
                 item.tissue = reusable_tissue(item.state, self.request)
             return item
@@ -227,25 +233,31 @@ class SegmentTilePipeline:
         layout = self.request.layout
         try:
             images_dir = layout.images_dir if self.request.tile.save_images else None
-            result = write_tiled_h5(layout.h5(item.source.stem), item.slide, item.tissue, self.request.tile,
-                                    images_dir=images_dir)
+            result = write_tiled_h5(
+                layout.h5(item.source.stem), item.slide, item.tissue, self.request.tile, images_dir=images_dir
+            )
             item.outcome.status, item.outcome.num_patches = "tiled", result.num_patches
             if result.num_patches == 0:
                 item.outcome.note = "no tissue found: 0 patches"
-            write_visualizations(layout.visualization_dir, item.slide, item.tissue,
-                                 layout.h5(item.source.stem), self.request.visualize)
+            write_visualizations(
+                layout.visualization_dir, item.slide, item.tissue, layout.h5(item.source.stem), self.request.visualize
+            )
             self._finish(item, open_slots, on_done)
         except Exception as exc:
             self._fail(item, exc, open_slots, on_done)
 
-    def _visualize_existing(self, item: _Claimed) -> None:
+    def _complete_optional_outputs(self, item: _Claimed) -> None:
+        """A reused H5 still gets the PNGs and overlays this run asks for."""
+        path = self.request.layout.h5(item.source.stem)
+        if self.request.tile.save_images:
+            export_patch_images(item.slide, path, self.request.layout.images_dir, self.request.tile.workers)
         if not self.request.visualize.any:
             return
         import h5py
 
-        path = self.request.layout.h5(item.source.stem)
         with h5py.File(path, "r") as handle:
             tissue = read_tissue(handle) if schema.TISSUE in handle else None
         if tissue is not None:
-            write_visualizations(self.request.layout.visualization_dir, item.slide, tissue, path,
-                                 self.request.visualize)
+            write_visualizations(
+                self.request.layout.visualization_dir, item.slide, tissue, path, self.request.visualize
+            )

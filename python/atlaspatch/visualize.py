@@ -53,8 +53,9 @@ def contour_overlay(overview: np.ndarray, tissue: TissueSegmentation, scale: flo
     for k, polygon in enumerate(tissue.contours.polygons):
         points = np.round(polygon * scale).astype(np.int32).reshape(-1, 1, 2)
         is_hole = tissue.contours.parents[k] >= 0
-        cv2.polylines(picture, [points], True, HOLE_EDGE if is_hole else TISSUE_EDGE, 1 if is_hole else 2,
-                      lineType=cv2.LINE_AA)
+        cv2.polylines(
+            picture, [points], True, HOLE_EDGE if is_hole else TISSUE_EDGE, 1 if is_hole else 2, lineType=cv2.LINE_AA
+        )
     return picture
 
 
@@ -80,14 +81,17 @@ def grid_overlay(overview: np.ndarray, h5_path: Path, scale: float, slide: Slide
                 x0, y0 = round(x * scale), round(y * scale)
                 cv2.rectangle(picture, (x0, y0), (x0 + side, y0 + side), (0, 0, 0), 1)
         width, height = slide.dimensions
-        _info_box(picture, [
-            f"{slide.stem}",
-            f"patches: {count}",
-            f"slide: {width} x {height} px @ {slide.magnification}x, {slide.mpp:g} um/px",
-            f"patch {int(attrs['patch_size'])} px, step {int(attrs['step_size'])} px @ "
-            f"{int(attrs['target_magnification'])}x",
-            f"tissue thresh {float(attrs['tissue_thresh']):g}, segmenter {attrs['segmenter']}",
-        ])
+        _info_box(
+            picture,
+            [
+                f"{slide.stem}",
+                f"patches: {count}",
+                f"slide: {width} x {height} px @ {slide.magnification}x, {slide.mpp:g} um/px",
+                f"patch {int(attrs['patch_size'])} px, step {int(attrs['step_size'])} px @ "
+                f"{int(attrs['target_magnification'])}x",
+                f"tissue thresh {float(attrs['tissue_thresh']):g}, segmenter {attrs['segmenter']}",
+            ],
+        )
     return picture
 
 

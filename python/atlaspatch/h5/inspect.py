@@ -64,7 +64,9 @@ def inspect_h5(path: Path) -> H5State:
             state.num_patches = _num_patches(handle, state.attrs)
             if schema.FEATURES in handle:
                 state.features = {
-                    name: int(ds.shape[0]) for name, ds in handle[schema.FEATURES].items() if isinstance(ds, h5py.Dataset)
+                    name: int(ds.shape[0])
+                    for name, ds in handle[schema.FEATURES].items()
+                    if isinstance(ds, h5py.Dataset)
                 }
             if schema.SLIDE_FEATURES in handle:
                 state.slide_features = sorted(handle[schema.SLIDE_FEATURES].keys())

@@ -41,7 +41,9 @@ class TissueContours:
         return cls(polygons=polygons, parents=np.asarray(parents, dtype=np.int32))
 
 
-def mask_to_contours(mask: np.ndarray, downsample: tuple[float, float], min_hole_px: int = MIN_HOLE_PX) -> TissueContours:
+def mask_to_contours(
+    mask: np.ndarray, downsample: tuple[float, float], min_hole_px: int = MIN_HOLE_PX
+) -> TissueContours:
     """Outer boundaries and holes (two-level hierarchy) of a binary mask, scaled to level 0.
 
     Thumbnail pixel (i, j) covers level-0 [i·ds, (i+1)·ds); its centre is (i + 0.5)·ds, which is where the
@@ -88,15 +90,14 @@ def tissue_coverage(
     fine_scale = scale * supersample
     for top in range(0, height, band_rows):
         rows = min(band_rows, height - top)
-        band = _rasterize_window(contours, (rows * supersample, width * supersample), fine_scale,
-                                 offset_y=(first_row + top) * supersample)
+        band = _rasterize_window(
+            contours, (rows * supersample, width * supersample), fine_scale, offset_y=(first_row + top) * supersample
+        )
         coverage[top : top + rows] = band.reshape(rows, supersample, width, supersample).sum(axis=(1, 3))
     return coverage
 
 
-def _rasterize_window(
-    contours: TissueContours, shape: tuple[int, int], scale: float, offset_y: int = 0
-) -> np.ndarray:
+def _rasterize_window(contours: TissueContours, shape: tuple[int, int], scale: float, offset_y: int = 0) -> np.ndarray:
     mask = np.zeros(shape, dtype=np.uint8)
     shift = 4  # sub-pixel precision of cv2.fillPoly
 

@@ -43,8 +43,12 @@ def _build_sam2(device: str, model_dir: Path | None) -> Segmenter:
 SEGMENTERS: dict[str, SegmenterSpec] = {
     spec.name: spec
     for spec in (
-        SegmenterSpec("sam2", "AtlasPatch's fine-tuned SAM2.1 hiera-tiny (weights: AtlasAnalyticsLab/AtlasPatch)", True,
-                      _build_sam2),
+        SegmenterSpec(
+            "sam2",
+            "AtlasPatch's fine-tuned SAM2.1 hiera-tiny (weights: AtlasAnalyticsLab/AtlasPatch)",
+            True,
+            _build_sam2,
+        ),
         SegmenterSpec("otsu", "saturation + Otsu threshold with morphology (no weights)", False, _build_otsu),
     )
 }

@@ -112,9 +112,7 @@ def resolve_scale(props: Mapping[str, str], mpp_override: float | None = None) -
     if mpp_override is not None:
         mpp = check_plausible(mpp_override, "--mpp-csv")
         return ScaleInfo(mpp, "--mpp-csv", magnification_for_mpp(mpp), "mpp (--mpp-csv)")
-    found = (
-        _mpp_from_keys(props) or _mpp_from_text(props) or _mpp_from_resolution(props) or _mpp_from_objective(props)
-    )
+    found = _mpp_from_keys(props) or _mpp_from_text(props) or _mpp_from_resolution(props) or _mpp_from_objective(props)
     if found is None:
         raise SlideError("no mpp and no magnification in the slide metadata: give the mpp with --mpp-csv")
     mpp = check_plausible(*found)

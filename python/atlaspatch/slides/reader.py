@@ -16,7 +16,19 @@ from ..errors import SlideError
 from .metadata import ScaleInfo, descriptive_attrs, resolve_scale
 
 OPENSLIDE_EXTENSIONS = (
-    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".bif", ".biff", ".dcm", ".dicom", ".svslide",
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".vms",
+    ".vmu",
+    ".scn",
+    ".mrxs",
+    ".bif",
+    ".biff",
+    ".dcm",
+    ".dicom",
+    ".svslide",
 )
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
 SUPPORTED_EXTENSIONS = OPENSLIDE_EXTENSIONS + IMAGE_EXTENSIONS

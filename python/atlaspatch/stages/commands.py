@@ -18,7 +18,7 @@ from ..slides.reader import Slide, open_slide
 from ..tiling.geometry import plan_geometry
 from ..visualize import VisualizeOptions, write_visualizations
 from .segment import read_tissue, segment_slides, write_segmentation_h5
-from .tile import TileOptions, geometry_attrs, write_tiled_h5
+from .tile import TileOptions, export_patch_images, geometry_attrs, write_tiled_h5
 
 
 def _open_one(slide_path: Path, mpp: float | None, mpp_overrides: dict[str, float] | None) -> Slide:
@@ -55,12 +55,19 @@ def run_segment_stage(
                     )
             tissue = segment_slides([slide], build_segmenter(segmenter, device, model_dir))[0]
             write_segmentation_h5(target, slide, tissue)
-            write_visualizations(layout.visualization_dir, slide, tissue, target,
-                                 VisualizeOptions(mask=visualize_mask, contours=visualize_contours))
+            write_visualizations(
+                layout.visualization_dir,
+                slide,
+                tissue,
+                target,
+                VisualizeOptions(mask=visualize_mask, contours=visualize_contours),
+            )
     regions = len(tissue.contours.regions)
     holes = len(tissue.contours.polygons) - regions
-    return (f"{slide.stem}: {regions} tissue region(s), {holes} hole(s), "
-            f"{100 * tissue.tissue_fraction:.1f}% of the thumbnail -> {target}")
+    return (
+        f"{slide.stem}: {regions} tissue region(s), {holes} hole(s), "
+        f"{100 * tissue.tissue_fraction:.1f}% of the thumbnail -> {target}"
+    )
 
 
 def run_tile_stage(
@@ -87,12 +94,16 @@ def run_tile_stage(
             if state.is_tiled and not force:
                 mismatches = geometry_mismatches(state, geometry_attrs(geometry, options, tissue.segmenter))
                 if mismatches:
-                    raise ReuseConflict(f"{h5_in} was tiled with other settings ({describe_mismatches(mismatches)}); "
-                                        "use --force to re-tile it")
+                    raise ReuseConflict(
+                        f"{h5_in} was tiled with other settings ({describe_mismatches(mismatches)}); "
+                        "use --force to re-tile it"
+                    )
                 if target.resolve() != h5_in.resolve():
                     with atomic_h5(target, start_from=h5_in):
                         pass
                 message = f"{slide.stem}: {state.num_patches} patches reused -> {target}"
+                if options.save_images:
+                    export_patch_images(slide, target, layout.images_dir, options.workers)
             else:
                 images_dir = layout.images_dir if options.save_images else None
                 result = write_tiled_h5(target, slide, tissue, options, start_from=h5_in, images_dir=images_dir)

@@ -74,15 +74,14 @@ def _coords_rows(xy: np.ndarray, geometry: TileGeometry) -> np.ndarray:
     return rows
 
 
-def read_patch(slide: Slide, x: int, y: int, geometry: TileGeometry) -> np.ndarray:
-    """RGB pixels of one patch at the target magnification (patch_size × patch_size)."""
-    size = geometry.read_size
-    pixels = slide.read_region((int(x), int(y)), geometry.level, (size, size))
-    if size != geometry.patch_size:
-        shrinking = size > geometry.patch_size
+def read_patch(slide: Slide, row: np.ndarray | tuple[int, ...], patch_size: int) -> np.ndarray:
+    """RGB pixels of the patch a coords row (x, y, read_w, read_h, level) describes, at patch_size × patch_size."""
+    x, y, read_w, read_h, level = (int(v) for v in row[:5])
+    pixels = slide.read_region((x, y), level, (read_w, read_h))
+    if (read_w, read_h) != (patch_size, patch_size):
+        shrinking = read_w > patch_size
         pixels = cv2.resize(
-            pixels, (geometry.patch_size, geometry.patch_size),
-            interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC,
+            pixels, (patch_size, patch_size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
         )
     return pixels
 
@@ -101,24 +100,28 @@ def save_patch_png(path: Path, rgb: np.ndarray) -> None:
 class _PixelPass:
     """Reads each candidate's pixels on worker threads: pixel filters and/or PNG export."""
 
-    def __init__(self, slide: Slide, geometry: TileGeometry, options: TileOptions, images_dir: Path | None) -> None:
-        self.slide, self.geometry, self.options, self.images_dir = slide, geometry, options, images_dir
+    def __init__(self, slide: Slide, patch_size: int, filters: TileOptions | None, images_dir: Path | None) -> None:
+        self.slide, self.patch_size, self.filters, self.images_dir = slide, patch_size, filters, images_dir
         if images_dir is not None:
             (images_dir / slide.stem).mkdir(parents=True, exist_ok=True)
 
-    def _visit(self, xy: tuple[int, int]) -> bool:
-        pixels = read_patch(self.slide, xy[0], xy[1], self.geometry)
-        if not self.options.fast_mode and not passes_pixel_filters(
-            pixels, self.options.white_thresh, self.options.black_thresh
+    def _visit(self, row: np.ndarray) -> bool:
+        if self.images_dir is not None and self.filters is None:
+            target = patch_image_path(self.images_dir, self.slide.stem, row[0], row[1])
+            if target.exists():
+                return True
+        pixels = read_patch(self.slide, row, self.patch_size)
+        if self.filters is not None and not passes_pixel_filters(
+            pixels, self.filters.white_thresh, self.filters.black_thresh
         ):
             return False
         if self.images_dir is not None:
-            save_patch_png(patch_image_path(self.images_dir, self.slide.stem, *xy), pixels)
+            save_patch_png(patch_image_path(self.images_dir, self.slide.stem, row[0], row[1]), pixels)
         return True
 
-    def filter(self, pool: ThreadPoolExecutor, xy: np.ndarray) -> np.ndarray:
-        keep = list(pool.map(self._visit, [(int(x), int(y)) for x, y in xy]))
-        return xy[np.asarray(keep, dtype=bool)]
+    def filter(self, pool: ThreadPoolExecutor, rows: np.ndarray) -> np.ndarray:
+        keep = list(pool.map(self._visit, rows))
+        return rows[np.asarray(keep, dtype=bool)]
 
 
 def iter_patch_coords(
@@ -135,13 +138,26 @@ def iter_patch_coords(
         for xy in lattice.iter_kept(options.tissue_thresh):
             yield _coords_rows(xy, geometry)
         return
-    pixel_pass = _PixelPass(slide, geometry, options, images_dir)
+    pixel_pass = _PixelPass(slide, geometry.patch_size, None if options.fast_mode else options, images_dir)
     with ThreadPoolExecutor(max_workers=options.workers) as pool:
         for xy in lattice.iter_kept(options.tissue_thresh):
-            for start in range(0, len(xy), PIXEL_CHUNK):
-                kept = pixel_pass.filter(pool, xy[start : start + PIXEL_CHUNK])
+            rows = _coords_rows(xy, geometry)
+            for start in range(0, len(rows), PIXEL_CHUNK):
+                kept = pixel_pass.filter(pool, rows[start : start + PIXEL_CHUNK])
                 if len(kept):
-                    yield _coords_rows(kept, geometry)
+                    yield kept
+
+
+def export_patch_images(slide: Slide, h5_path: Path, images_dir: Path, workers: int) -> int:
+    """PNGs for the patches of an existing H5 (those not exported yet): --save-images on a reused H5."""
+    with h5py.File(h5_path, "r") as handle:
+        patch_size = int(handle.attrs["patch_size"])
+        total = int(handle.attrs.get(schema.NUM_PATCHES, handle[schema.COORDS].shape[0]))
+        pixel_pass = _PixelPass(slide, patch_size, None, images_dir)
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for start in range(0, total, PIXEL_CHUNK):
+                pixel_pass.filter(pool, handle[schema.COORDS][start : start + PIXEL_CHUNK])
+    return total
 
 
 class _CoordsWriter:
@@ -176,15 +192,24 @@ class _CoordsWriter:
 def _write_passports(handle: h5py.File, stem: str, geometry: TileGeometry, total: int, write_batch: int) -> None:
     coords = handle[schema.COORDS]
     passports = handle.create_dataset(
-        schema.PASSPORTS, shape=(total,), dtype=schema.PASSPORT_DTYPE, chunks=(max(1, min(write_batch, total)),)
-        if total else None,
+        schema.PASSPORTS,
+        shape=(total,),
+        dtype=schema.PASSPORT_DTYPE,
+        chunks=(max(1, min(write_batch, total)),) if total else None,
     )
     for start in range(0, total, write_batch):
         block = coords[start : start + write_batch]
         passports[start : start + len(block)] = [
             schema.PASSPORT_FORMAT.format(
-                stem=stem, x=x, y=y, rw=rw, rh=rh, lv=lv, mag=geometry.base_magnification or "na",
-                tmag=geometry.target_magnification or "na", total=total,
+                stem=stem,
+                x=x,
+                y=y,
+                rw=rw,
+                rh=rh,
+                lv=lv,
+                mag=geometry.base_magnification or "na",
+                tmag=geometry.target_magnification or "na",
+                total=total,
             ).encode()
             for x, y, rw, rh, lv in block.tolist()
         ]

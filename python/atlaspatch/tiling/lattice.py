@@ -63,7 +63,7 @@ class TissueLattice:
         coverage = tissue_coverage(self.contours, (bottom - top, mask_w), self.scale, SUPERSAMPLE, first_row=top)
         table = cv2.integral(coverage, sdepth=cv2.CV_32S)
         y0, y1 = y0 - top, y1 - top
-        inside = (table[y1][:, x1].astype(np.int64) - table[y0][:, x1] - table[y1][:, x0] + table[y0][:, x0])
+        inside = table[y1][:, x1].astype(np.int64) - table[y0][:, x1] - table[y1][:, x0] + table[y0][:, x0]
         return inside / (SUPERSAMPLE * SUPERSAMPLE * height[:, None] * width[None, :])
 
     def iter_kept(self, tissue_thresh: float) -> Iterator[np.ndarray]:
