@@ -267,3 +267,47 @@ def test_save_images(tmp_path: Path, cmu_svs: Path) -> None:
     )
     assert again.returncode == 0 and "reused" in again.stdout
     assert {p.name for p in images.iterdir()} == names  # a reused H5 still gets its PNGs
+
+
+def test_pipeline_bounded_by_max_open_slides(link_slides, tmp_path: Path, cmu_svs: Path, cmu_pyramid: Path,
+                                             cmu_dicom: Path) -> None:
+    from atlaspatch.pipeline import SegmentTilePipeline, SegmentTileRequest
+    from atlaspatch.segmentation.otsu import OtsuSegmenter
+    from atlaspatch.slides import find_slides
+    from atlaspatch.stages.tile import TileOptions
+
+    folder = link_slides(cmu_svs, cmu_pyramid)
+    (folder / "series.dicom").symlink_to(cmu_dicom, target_is_directory=True)
+    request = SegmentTileRequest(output=tmp_path / "out", tile=TileOptions(patch_size=224, target_mag=20),
+                                 segmenter="otsu", device="cpu", max_open_slides=1, seg_batch_size=2)
+    done = []
+    outcomes = SegmentTilePipeline(request, OtsuSegmenter()).run(find_slides(folder), on_done=done.append)
+    assert [o.status for o in outcomes] == ["tiled"] * 3 and len(done) == 3
+    assert all(o.num_patches and o.num_patches > 60 for o in outcomes)
+
+
+def test_unsupported_file_given_directly(tmp_path: Path) -> None:
+    notes = tmp_path / "slide.txt"
+    notes.write_text("not a slide")
+    result = run_atlaspatch("segment-and-get-coords", notes, "-o", tmp_path / "out", *COMMON)
+    assert result.returncode == 1
+    assert "FAILED slide: slide.txt: unsupported extension .txt" in result.stderr
+
+
+def test_two_concurrent_runs_on_one_output(link_slides, tmp_path: Path, cmu_svs: Path, cmu_pyramid: Path) -> None:
+    import subprocess
+    import sys
+
+    folder = link_slides(cmu_svs, cmu_pyramid)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "atlaspatch", "segment-and-get-coords", str(folder), "-o", str(out), *COMMON]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(run.communicate(timeout=120), run.returncode) for run in runs]
+    results = [(code, output) for output, code in results]
+    assert [code for code, _ in results] == [0, 0], results
+    statuses = "".join(stdout for _, (stdout, _) in results)
+    assert statuses.count("tiled") + statuses.count("reused") == 4
+    for stem in ("CMU-1-Small-Region", "CMU-1-Small-Region.pyramid"):
+        with h5py.File(out / "patches" / f"{stem}.h5") as handle:
+            assert handle.attrs["num_patches"] == handle[schema.COORDS].shape[0] > 60
+    assert not list((out / "patches").glob(".*")) and not list((out / "patches").glob("*.lock"))

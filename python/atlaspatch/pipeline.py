@@ -151,7 +151,8 @@ class SegmentTilePipeline:
         open_slots = BoundedSemaphore(max(1, self.request.max_open_slides))
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="tile") as pool:
             futures: list[Future[None]] = []
-            batch_size = max(1, self.request.seg_batch_size)
+            # a batch is claimed (and kept open) whole before any of it is released: never wider than the bound
+            batch_size = max(1, min(self.request.seg_batch_size, self.request.max_open_slides))
             for start in range(0, len(pending), batch_size):
                 claimed = [
                     self._claim(s, outcomes[s.stem], open_slots, on_done) for s in pending[start : start + batch_size]

@@ -9,7 +9,7 @@ process TILE {
     output:
     tuple val(meta), path("patches/${meta.id}.h5")     , emit: h5
     tuple val(meta), path("images/${meta.id}")         , emit: images       , optional: true
-    tuple val(meta), path("visualization/${meta.id}*") , emit: visualization, optional: true
+    tuple val(meta), path("visualization/*")           , emit: visualization, optional: true
     path "versions.yml"                                , emit: versions
 
     when:

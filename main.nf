@@ -1,0 +1,180 @@
+#!/usr/bin/env nextflow
+/*
+ * atlaspatch-nf: whole-slide images -> tissue (SEGMENT) -> patch coordinates (TILE), one task per slide and stage,
+ * each calling one `atlaspatch` stage command. Results land in ${params.outdir}/patches/<stem>.h5, the same layout
+ * as the CLI's --output. A slide that fails is reported at the end and makes the run exit non-zero
+ * (workflow.failOnIgnore), while every other slide still completes.
+ */
+
+include { ATLASPATCH } from './workflows/atlaspatch'
+
+/*
+ * Slide discovery: the same rules as the CLI (python/atlaspatch/slides/discovery.py). Supported extensions,
+ * case-insensitive; a DICOM series folder (holding .dcm files) counts as one slide named after the folder;
+ * --recursive descends into subdirectories; stems must be unique because each one names an output H5.
+ */
+
+def slideExtensions() {
+    // python/atlaspatch/slides/reader.py SUPPORTED_EXTENSIONS (OpenSlide formats + plain images)
+    return ['.svs', '.tif', '.tiff', '.ndpi', '.vms', '.vmu', '.scn', '.mrxs', '.bif', '.biff', '.dcm', '.dicom',
+            '.svslide', '.png', '.jpg', '.jpeg', '.bmp', '.webp', '.gif']
+}
+
+def dicomExtensions() {
+    return ['.dcm', '.dicom']
+}
+
+def suffixOf(Path path) {
+    def name = path.fileName.toString()
+    def dot  = name.lastIndexOf('.')
+    return (dot > 0 && dot < name.length() - 1) ? name.substring(dot).toLowerCase() : ''
+}
+
+def stemOf(Path path) {
+    def name = path.fileName.toString()
+    if( java.nio.file.Files.isDirectory(path) ) return name
+    def suffix = suffixOf(path)
+    return suffix ? name.substring(0, name.length() - suffix.length()) : name
+}
+
+def isSlideFile(Path path) {
+    return java.nio.file.Files.isRegularFile(path) && !path.fileName.toString().startsWith('.') && suffixOf(path) in slideExtensions()
+}
+
+def isDicomFile(Path path) {
+    return isSlideFile(path) && suffixOf(path) in dicomExtensions()
+}
+
+def isDicomSeries(Path dir) {
+    return java.nio.file.Files.isDirectory(dir) && java.nio.file.Files.list(dir).withCloseable { s -> s.anyMatch { p -> isDicomFile(p) } }
+}
+
+def asSource(Path path) {
+    // a .dcm file stands for its series folder
+    def target = isDicomFile(path) ? path.parent : path
+    return [path: target, stem: stemOf(target)]
+}
+
+def scanFolder(Path folder, boolean recursive) {
+    def files = []
+    if( recursive ) {
+        java.nio.file.Files.walk(folder).withCloseable { s -> s.forEach { p -> if( isSlideFile(p) ) files << p } }
+    }
+    else {
+        def entries = java.nio.file.Files.list(folder).withCloseable { s -> s.toList() }
+        files.addAll(entries.findAll { p -> isSlideFile(p) })
+        entries.findAll { p -> isDicomSeries(p) }.each { sub ->
+            java.nio.file.Files.list(sub).withCloseable { s -> s.forEach { p -> if( isDicomFile(p) ) files << p } }
+        }
+    }
+    return files.collect { p -> asSource(p) }
+}
+
+def findSlides(String input, boolean recursive) {
+    def sources = []
+    if( input ==~ /.*[*?\[{].*/ ) {
+        // a glob: matching slide files, DICOM series folders, and (with --recursive) slides under matching folders
+        files(input, type: 'any').each { Path p ->
+            if( isSlideFile(p) ) sources << asSource(p)
+            else if( java.nio.file.Files.isDirectory(p) ) {
+                if( recursive ) sources.addAll(scanFolder(p, true))
+                else if( isDicomSeries(p) ) sources << [path: p, stem: stemOf(p)]
+            }
+        }
+    }
+    else {
+        Path path = file(input)
+        if( !java.nio.file.Files.exists(path) ) error("--input ${input}: no such file or directory")
+        if( java.nio.file.Files.isDirectory(path) ) sources.addAll(scanFolder(path, recursive))
+        else sources << asSource(path)   // one file, whatever its extension: the tool says if it cannot read it
+    }
+    sources = sources.unique { s -> s.path.toString() }.sort { s -> s.path.toString() }
+    if( !sources ) error("--input ${input}: no slides found (extensions: ${slideExtensions().join(' ')})")
+    def clashes = sources.groupBy { s -> s.stem }.findAll { _stem, group -> group.size() > 1 }
+    if( clashes ) {
+        def listing = clashes.collect { stem, group -> "${stem}: ${group*.path.join(', ')}" }.join('; ')
+        error("slides with the same stem would write the same H5 (${listing}); rename or split the run")
+    }
+    return sources
+}
+
+def checkParams() {
+    def missing = ['input', 'outdir', 'patch_size', 'target_mag'].findAll { name -> params[name] == null || params[name] == '' }
+    if( missing ) {
+        error("missing required parameter(s): ${missing.collect { name -> '--' + name }.join(', ')} " +
+              "(e.g. -params-file params.yaml, or -profile test)")
+    }
+    ['patch_size', 'target_mag'].each { name ->
+        if( !(params[name] instanceof Integer) || params[name] < 1 ) error("--${name} must be a positive integer, got '${params[name]}'")
+    }
+    if( params.step_size != null && (!(params.step_size instanceof Integer) || params.step_size < 1) ) {
+        error("--step_size must be a positive integer, got '${params.step_size}'")
+    }
+}
+
+/*
+ * Failure summary, read from this run's trace file (the trace observer has written and closed it before
+ * onComplete handlers run): the final attempt of each task, and the last stderr line of each failed one.
+ */
+def traceFile() {
+    return file("${params.outdir}/pipeline_info/execution_trace_${params.trace_report_suffix}.txt")
+}
+
+def failedTasks() {
+    def trace = traceFile()
+    if( !trace.exists() ) return null
+    def lines  = trace.readLines().findAll { line -> line.trim() }
+    if( !lines ) return null
+    def header = lines[0].split('\t') as List
+    def last   = [:]   // "process|tag" -> the row of its latest attempt
+    lines.drop(1).each { line ->
+        def cells = line.split('\t', -1) as List
+        def row   = [header, cells].transpose().collectEntries { kv -> [kv[0], kv[1]] }
+        last["${row.process ?: row.name}|${row.tag}"] = row
+    }
+    return last.values().findAll { row -> row.status in ['FAILED', 'ABORTED'] }.collect { row ->
+        def reason = ''
+        def err = row.workdir ? file("${row.workdir}/.command.err") : null
+        if( err?.exists() ) reason = err.readLines().findAll { line -> line.trim() }.with { ls -> ls ? ls[-1].trim() : '' }
+        [tag: row.tag, process: row.process ?: row.name, exit: row.exit, status: row.status,
+         reason: reason.size() > 300 ? reason.take(297) + '...' : reason, workdir: row.workdir]
+    }
+}
+
+def summarise(run) {
+    def failed = failedTasks()
+    if( failed == null ) {
+        def n = run.stats.ignoredCount
+        if( n ) log.warn "atlaspatch-nf: ${n} task(s) failed and were ignored (no trace file to name them)"
+    }
+    else if( failed ) {
+        def failedSlides = failed*.tag.unique()
+        def text = failed.collect { t ->
+            "  ${t.tag}  ${t.process}  ${t.status} exit ${t.exit ?: '-'}" +
+            (t.reason ? "\n      ${t.reason}" : '') + (t.workdir ? "\n      work dir: ${t.workdir}" : '')
+        }.join('\n')
+        def others = run.success ? ', the other slides completed' : ''
+        log.error "atlaspatch-nf: ${failedSlides.size()} slide(s) failed${others}:\n${text}\n" +
+                  "Fix the cause and run again with -resume: only the failed slides are redone."
+    }
+    if( run.success && !failed && !run.stats.ignoredCount ) {
+        log.info "atlaspatch-nf: done, results in ${params.outdir}"
+    }
+}
+
+workflow {
+
+    main:
+    checkParams()
+    def slides = findSlides(params.input.toString(), params.recursive as boolean)
+    log.info "atlaspatch-nf: ${slides.size()} slide(s) from ${params.input} -> ${params.outdir}"
+
+    ch_slides = channel.fromList(slides.collect { s -> [[id: s.stem], s.path] })
+    mpp_csv   = params.mpp_csv ? file(params.mpp_csv, checkIfExists: true) : []
+
+    ATLASPATCH ( ch_slides, mpp_csv )
+
+    // Summary of failed slides; the run's exit status is non-zero through workflow.failOnIgnore (nextflow.config).
+    def run = workflow   // inside the handler closure `workflow` does not resolve to the run's metadata
+    workflow.onComplete { summarise(run) }
+}

@@ -1,0 +1,213 @@
+"""The Nextflow pipeline (main.nf), run for real: Nextflow 25.04.4 from tools/nextflow, local executor, no containers,
+`atlaspatch` from this venv on PATH. Compared against the in-process CLI on the same slides."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from atlaspatch.slides.discovery import find_slides
+from conftest import run_atlaspatch
+
+pytestmark = pytest.mark.nextflow
+
+REPO = Path(__file__).resolve().parents[1]
+NEXTFLOW = REPO / "tools" / "nextflow" / "nextflow"
+GOOD_SLIDES = (
+    "CMU-1-Small-Region.svs",
+    "CMU-1-Small-Region.pyramid.tiff",
+    "CMU-1-Small-Region.dicom",
+    "tiny-synthetic.svs",
+)
+GEOMETRY = ("--patch-size", "224", "--target-mag", "20", "--segmenter", "otsu", "--device", "cpu")
+PATH_DEPENDENT_ATTRS = {"creation_date", "wsi_path"}
+
+if not list((REPO / ".nextflow-lib").glob("nextflow-*.jar")):
+    pytest.skip(
+        "no Nextflow runtime in .nextflow-lib/: run tools/nextflow/install.sh (Maven Central)", allow_module_level=True
+    )
+
+
+def nextflow(cwd: Path, *args: str | Path, slides: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`nextflow run <repo> ...` as a user runs it: tasks find this venv's `atlaspatch` first on PATH."""
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "NXF_HOME": str(cwd / ".nxf-home"),
+        "NXF_ANSI_LOG": "false",
+    }
+    if slides is not None:
+        env["ATLASPATCH_TEST_DATA"] = str(slides)  # what -profile test reads its slides from
+    cwd.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        [str(NEXTFLOW), "run", str(REPO), *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    result.output = result.stdout + result.stderr  # type: ignore[attr-defined]
+    return result
+
+
+def trace_rows(outdir: Path) -> list[dict[str, str]]:
+    """The newest run's trace (pipeline_info/execution_trace_<timestamp>.txt, tab-separated)."""
+    traces = sorted((outdir / "pipeline_info").glob("execution_trace_*.txt"), key=lambda p: p.stat().st_mtime)
+    assert traces, f"no trace file under {outdir / 'pipeline_info'}"
+    with traces[-1].open(newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+def attrs(handle: h5py.File) -> dict[str, object]:
+    return {k: v for k, v in handle.attrs.items() if k not in PATH_DEPENDENT_ATTRS}
+
+
+def same_value(a: object, b: object) -> bool:
+    return bool(np.array_equal(a, b)) if isinstance(a, np.ndarray | list | tuple) else a == b
+
+
+@pytest.fixture(scope="module")
+def good_slides(slides_dir: Path) -> list[Path]:
+    found = [slides_dir / name for name in GOOD_SLIDES if (slides_dir / name).exists()]
+    if not found:
+        pytest.skip(f"no test slides in {slides_dir}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def test_profile_run(tmp_path_factory: pytest.TempPathFactory, slides_dir: Path):
+    """One real run of `-profile test` (the CMU slides and tiny-synthetic.svs), shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("nf-test-profile")
+    args = ("-profile", "test", "--outdir", tmp / "results", "-work-dir", tmp / "work")
+    result = nextflow(tmp, *args, slides=slides_dir)
+    return tmp, args, result
+
+
+@pytest.fixture(scope="module")
+def cli_reference(tmp_path_factory: pytest.TempPathFactory, good_slides: list[Path]) -> Path:
+    """`atlaspatch segment-and-get-coords` on the same slides (a folder of links to them), in-process pipeline."""
+    tmp = tmp_path_factory.mktemp("nf-cli")
+    folder = tmp / "slides"
+    folder.mkdir()
+    for slide in good_slides:
+        (folder / slide.name).symlink_to(slide)
+    result = run_atlaspatch("segment-and-get-coords", folder, "-o", tmp / "cli", *GEOMETRY)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return tmp / "cli" / "patches"
+
+
+def test_test_profile_matches_the_cli(test_profile_run, cli_reference: Path, good_slides: list[Path]) -> None:
+    tmp, _, result = test_profile_run
+    assert result.returncode == 0, result.output[-4000:]
+    published = tmp / "results" / "patches"
+    names = sorted(p.name for p in published.iterdir())
+    assert names == sorted(p.name for p in cli_reference.glob("*.h5")), "pipeline and CLI found other slides"
+    assert len(names) == len(good_slides)
+    for name in names:
+        with h5py.File(published / name) as ours, h5py.File(cli_reference / name) as cli:
+            assert ours["coords"].dtype == np.int32
+            assert np.array_equal(ours["coords"][()], cli["coords"][()]), name
+            assert set(ours.keys()) == set(cli.keys()), name
+            ours_attrs, cli_attrs = attrs(ours), attrs(cli)
+            assert ours_attrs.keys() == cli_attrs.keys(), name
+            differing = [k for k in ours_attrs if not same_value(ours_attrs[k], cli_attrs[k])]
+            assert not differing, f"{name}: attrs differ: {differing}"
+    if "CMU-1-Small-Region.svs" in {p.name for p in good_slides}:
+        with h5py.File(published / "CMU-1-Small-Region.h5") as handle:
+            assert handle["coords"].shape[0] > 50
+    # one SEGMENT and one TILE task per slide, all completed; only TILE's H5 is published
+    rows = trace_rows(tmp / "results")
+    assert sorted(r["process"] for r in rows) == sorted(["ATLASPATCH:SEGMENT", "ATLASPATCH:TILE"] * len(names))
+    assert {r["status"] for r in rows} == {"COMPLETED"}
+    assert (tmp / "results" / "pipeline_info" / "atlaspatch_software_versions.yml").exists()
+    # copy-on-write: SEGMENT's own H5 holds tissue but no coords (TILE wrote a new file, never modified its input)
+    segment = next(r for r in rows if r["process"] == "ATLASPATCH:SEGMENT")
+    with h5py.File(Path(segment["workdir"]) / "patches" / f"{segment['tag']}.h5") as handle:
+        assert "coords" not in handle and "tissue" in handle
+
+
+def test_resume_reexecutes_nothing(test_profile_run, slides_dir: Path) -> None:
+    tmp, args, first = test_profile_run
+    assert first.returncode == 0, first.output[-4000:]
+    result = nextflow(tmp, *args, "-resume", slides=slides_dir)
+    assert result.returncode == 0, result.output[-4000:]
+    assert "Submitted process" not in result.output
+    rows = trace_rows(tmp / "results")
+    assert {r["status"] for r in rows} == {"CACHED"}, [(r["name"], r["status"]) for r in rows]
+    assert len(rows) == 2 * len(list((tmp / "results" / "patches").glob("*.h5")))
+
+
+def _discovery_folder(root: Path, slides_dir: Path) -> Path:
+    """Slides named and nested the ways discovery must handle: case-insensitive extensions, a DICOM series folder,
+    hidden and unsupported files, and slides (and a series) one level down."""
+    tiny, dicom = slides_dir / "tiny-synthetic.svs", slides_dir / "CMU-1-Small-Region.dicom"
+    if not (tiny.exists() and dicom.exists()):
+        pytest.skip(f"tiny-synthetic.svs and CMU-1-Small-Region.dicom are needed in {slides_dir}")
+    folder = root / "input"
+    for sub in ("series.dicom", "nested/series2"):
+        (folder / sub).mkdir(parents=True)
+        for dcm in dicom.glob("*.dcm"):
+            (folder / sub / dcm.name).symlink_to(dcm)
+    (folder / "UPPER.SVS").symlink_to(tiny)
+    (folder / ".hidden.svs").symlink_to(tiny)
+    (folder / "nested" / "deeper.Tiff").symlink_to(tiny)
+    (folder / "notes.txt").write_text("not a slide\n")
+    return folder
+
+
+@pytest.mark.parametrize("recursive", [False, True], ids=["flat", "recursive"])
+def test_stub_run_and_slide_discovery_match_the_cli(tmp_path: Path, slides_dir: Path, recursive: bool) -> None:
+    """-stub-run exercises the whole DAG without the tool's work; the slides it makes tasks for are the ones the
+    CLI finds in the same folder."""
+    folder = _discovery_folder(tmp_path, slides_dir)
+    extra = ["--recursive"] if recursive else []
+    result = nextflow(
+        tmp_path,
+        "-profile",
+        "test",
+        "-stub-run",
+        "--input",
+        folder,
+        *extra,
+        "--outdir",
+        tmp_path / "results",
+        "-work-dir",
+        tmp_path / "work",
+        slides=slides_dir,
+    )
+    assert result.returncode == 0, result.output[-4000:]
+    expected = sorted(f"{s.stem}.h5" for s in find_slides(folder, recursive))
+    assert sorted(p.name for p in (tmp_path / "results" / "patches").iterdir()) == expected
+    assert ("deeper.h5" in expected) == recursive and "series.dicom.h5" in expected and "UPPER.h5" in expected
+    assert {r["status"] for r in trace_rows(tmp_path / "results")} == {"COMPLETED"}
+
+
+def test_a_bad_slide_fails_alone_and_the_run_exits_non_zero(tmp_path: Path, cmu_svs: Path, boxes_tiff: Path) -> None:
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for slide in (cmu_svs, boxes_tiff):
+        (folder / slide.name).symlink_to(slide)
+    outdir = tmp_path / "results"
+    result = nextflow(
+        tmp_path, "-profile", "test", "--input", folder, "--outdir", outdir, "-work-dir", tmp_path / "work"
+    )
+    assert result.returncode != 0, result.output[-4000:]
+    assert "boxes-synthetic" in result.output
+    assert "1 slide(s) failed" in result.output
+    assert [p.name for p in (outdir / "patches").iterdir()] == ["CMU-1-Small-Region.h5"]
+    with h5py.File(outdir / "patches" / "CMU-1-Small-Region.h5") as handle:
+        assert handle["coords"].shape[0] > 50
+    status = {(r["process"], r["tag"]): r["status"] for r in trace_rows(outdir)}
+    assert status == {
+        ("ATLASPATCH:SEGMENT", "CMU-1-Small-Region"): "COMPLETED",
+        ("ATLASPATCH:TILE", "CMU-1-Small-Region"): "COMPLETED",
+        ("ATLASPATCH:SEGMENT", "boxes-synthetic"): "FAILED",
+    }

@@ -1,0 +1,38 @@
+/*
+ * ATLASPATCH: the per-slide stage chain. Each stage is one process per slide (meta.id = slide stem) that
+ * calls one `atlaspatch` stage command, reads the previous stage's H5 and writes a new one (copy-on-write).
+ * Adding a stage = one module + one line here, e.g.
+ *     EMBED_PATCHES ( ch_slides.join(TILE.out.h5) )      // tuple(meta, slide, h5) -> tuple(meta, h5)
+ *     ENCODE_SLIDE  ( EMBED_PATCHES.out.h5 )             // tuple(meta, h5)        -> tuple(meta, h5)
+ * and pointing `ch_h5` at the new last stage.
+ */
+
+include { SEGMENT } from '../modules/local/segment/main'
+include { TILE    } from '../modules/local/tile/main'
+
+workflow ATLASPATCH {
+
+    take:
+    ch_slides   // channel: [ val(meta), path(slide) ]   (a slide file or a DICOM series folder)
+    mpp_csv     // value:   path(csv) or [] (no --mpp-csv)
+
+    main:
+    SEGMENT ( ch_slides, mpp_csv )
+    TILE    ( ch_slides.join(SEGMENT.out.h5), mpp_csv )
+
+    ch_h5 = TILE.out.h5
+
+    ch_versions = channel.empty()
+        .mix(SEGMENT.out.versions.first())
+        .mix(TILE.out.versions.first())
+
+    ch_versions
+        .collectFile(name: 'atlaspatch_software_versions.yml', storeDir: "${params.outdir}/pipeline_info",
+                     sort: true, newLine: false)
+
+    emit:
+    h5            = ch_h5                 // channel: [ val(meta), path(h5) ] the last stage's per-slide H5
+    images        = TILE.out.images       // channel: [ val(meta), path(images/<stem>) ]
+    visualization = TILE.out.visualization
+    versions      = ch_versions           // channel: [ path(versions.yml) ]
+}
