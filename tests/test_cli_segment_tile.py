@@ -269,8 +269,9 @@ def test_save_images(tmp_path: Path, cmu_svs: Path) -> None:
     assert {p.name for p in images.iterdir()} == names  # a reused H5 still gets its PNGs
 
 
-def test_pipeline_bounded_by_max_open_slides(link_slides, tmp_path: Path, cmu_svs: Path, cmu_pyramid: Path,
-                                             cmu_dicom: Path) -> None:
+def test_pipeline_bounded_by_max_open_slides(
+    link_slides, tmp_path: Path, cmu_svs: Path, cmu_pyramid: Path, cmu_dicom: Path
+) -> None:
     from atlaspatch.pipeline import SegmentTilePipeline, SegmentTileRequest
     from atlaspatch.segmentation.otsu import OtsuSegmenter
     from atlaspatch.slides import find_slides
@@ -278,8 +279,14 @@ def test_pipeline_bounded_by_max_open_slides(link_slides, tmp_path: Path, cmu_sv
 
     folder = link_slides(cmu_svs, cmu_pyramid)
     (folder / "series.dicom").symlink_to(cmu_dicom, target_is_directory=True)
-    request = SegmentTileRequest(output=tmp_path / "out", tile=TileOptions(patch_size=224, target_mag=20),
-                                 segmenter="otsu", device="cpu", max_open_slides=1, seg_batch_size=2)
+    request = SegmentTileRequest(
+        output=tmp_path / "out",
+        tile=TileOptions(patch_size=224, target_mag=20),
+        segmenter="otsu",
+        device="cpu",
+        max_open_slides=1,
+        seg_batch_size=2,
+    )
     done = []
     outcomes = SegmentTilePipeline(request, OtsuSegmenter()).run(find_slides(folder), on_done=done.append)
     assert [o.status for o in outcomes] == ["tiled"] * 3 and len(done) == 3
@@ -311,3 +318,21 @@ def test_two_concurrent_runs_on_one_output(link_slides, tmp_path: Path, cmu_svs:
         with h5py.File(out / "patches" / f"{stem}.h5") as handle:
             assert handle.attrs["num_patches"] == handle[schema.COORDS].shape[0] > 60
     assert not list((out / "patches").glob(".*")) and not list((out / "patches").glob("*.lock"))
+
+
+def test_unreadable_existing_h5_fails_that_slide_and_force_rebuilds(
+    link_slides, tmp_path: Path, cmu_svs: Path, cmu_pyramid: Path
+) -> None:
+    folder = link_slides(cmu_svs, cmu_pyramid)
+    out = tmp_path / "out"
+    assert run_atlaspatch("segment-and-get-coords", folder, "-o", out, *COMMON).returncode == 0
+    broken = out / "patches" / "CMU-1-Small-Region.h5"
+    broken.write_bytes(broken.read_bytes()[:4096])  # e.g. a copy cut short by a full disk
+    result = run_atlaspatch("segment-and-get-coords", folder, "-o", out, *COMMON)
+    assert result.returncode == 1
+    assert "FAILED CMU-1-Small-Region: existing CMU-1-Small-Region.h5 is unreadable" in result.stderr
+    assert "--force" in result.stderr and "Traceback" not in result.stderr
+    assert broken.stat().st_size == 4096  # left for the user to inspect, not silently replaced
+    assert "reused" in result.stdout  # the other slide
+    assert run_atlaspatch("segment-and-get-coords", folder, "-o", out, *COMMON, "--force").returncode == 0
+    assert len(coords(broken)) > 60

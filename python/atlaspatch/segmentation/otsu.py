@@ -1,4 +1,5 @@
-"""Classical tissue detection: saturation, Otsu's threshold, morphology, small-object and hole cleanup."""
+"""Classical tissue detection: saturation, Otsu's threshold grown by hysteresis, closing, small-object and
+hole cleanup."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import numpy as np
 
 from .thumbnail import Thumbnail
 
-MIN_SATURATION = 20  # below this no threshold counts as tissue: stops Otsu splitting glass noise in two
-MIN_OBJECT_UM2 = 10_000.0  # 0.01 mm²: smaller specks are dust, debris or pen marks
+MIN_SATURATION = 20  # glass and dust stay below this; tissue above it counts when connected to clear tissue
+MIN_OBJECT_UM2 = 2_500.0  # 50 × 50 µm: smaller specks are dust or debris
 MAX_FILLED_HOLE_UM2 = 20_000.0  # smaller gaps inside tissue are tears/noise, larger ones real lumens
 
 
@@ -35,15 +36,24 @@ def _fill_small_holes(mask: np.ndarray, max_px: float) -> np.ndarray:
     return np.where(fill[labels], 1, mask).astype(np.uint8)
 
 
+def _grow_into_weak(strong: np.ndarray, weak: np.ndarray) -> np.ndarray:
+    """Hysteresis: faint tissue (pale stroma, thin strands, frayed borders) counts when it touches clear tissue."""
+    count, labels = cv2.connectedComponents((weak | strong).astype(np.uint8), connectivity=8)
+    keep = np.zeros(count, dtype=bool)
+    keep[np.unique(labels[strong > 0])] = True
+    keep[0] = False
+    return keep[labels].astype(np.uint8)
+
+
 def otsu_tissue_mask(thumbnail: Thumbnail, mpp: float) -> np.ndarray:
     thumbnail_mpp = mpp * float(np.mean(thumbnail.downsample))
     hsv = cv2.cvtColor(thumbnail.image, cv2.COLOR_RGB2HSV)
     saturation = cv2.medianBlur(hsv[..., 1], 3)
     otsu, _ = cv2.threshold(saturation, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    mask = (saturation > max(otsu, MIN_SATURATION)).astype(np.uint8)
+    strong = (saturation > max(otsu, MIN_SATURATION)).astype(np.uint8)
+    weak = (saturation > MIN_SATURATION).astype(np.uint8)
+    mask = _grow_into_weak(strong, weak)
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
-    # a small opening only: thin tissue strands are a few thumbnail pixels wide
-    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
     mask = _remove_small_objects(mask, _area_px(MIN_OBJECT_UM2, thumbnail_mpp))
     return _fill_small_holes(mask, _area_px(MAX_FILLED_HOLE_UM2, thumbnail_mpp))
 
