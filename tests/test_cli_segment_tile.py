@@ -336,3 +336,25 @@ def test_unreadable_existing_h5_fails_that_slide_and_force_rebuilds(
     assert "reused" in result.stdout  # the other slide
     assert run_atlaspatch("segment-and-get-coords", folder, "-o", out, *COMMON, "--force").returncode == 0
     assert len(coords(broken)) > 60
+
+
+def test_missing_sam2_weights_stop_the_run_before_any_work(tmp_path: Path, cmu_svs: Path) -> None:
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "ATLASPATCH_MODEL_DIR": ""}
+    result = run_atlaspatch(
+        "segment-and-get-coords",
+        cmu_svs,
+        "-o",
+        tmp_path / "out",
+        "--patch-size",
+        "224",
+        "--target-mag",
+        "20",
+        "--device",
+        "cpu",
+        env=env,
+    )
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("Error:")
+    assert "AtlasAnalyticsLab/AtlasPatch" in error[0] and "atlaspatch models download sam2" in error[0]
+    assert not (tmp_path / "out" / "patches").exists()

@@ -219,3 +219,27 @@ def test_weights_module_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules and 'sam2' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_models_command_lists_and_prefetches_through_the_cli(tmp_path: Path, isolated_hub: Path) -> None:
+    """`atlaspatch models` / `models download` as a user runs them, against a hub cache on disk, offline."""
+    from atlaspatch.segmentation.registry import SAM2_WEIGHTS
+    from conftest import run_atlaspatch
+
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(isolated_hub), "HF_HOME": str(tmp_path / "hf-home")}
+    listing = run_atlaspatch("models", env=env)
+    assert listing.returncode == 0
+    sam2_row = next(line for line in listing.stdout.splitlines() if "AtlasAnalyticsLab/AtlasPatch/model.pth" in line)
+    assert "│ no " in sam2_row and "CC-BY-NC-SA-4.0" in sam2_row
+
+    put_in_hf_cache(isolated_hub, SAM2_WEIGHTS.repo_id, SAM2_WEIGHTS.filename, b"checkpoint bytes")
+    model_dir = tmp_path / "models"
+    fetched = run_atlaspatch("models", "download", "sam2", "otsu", "--model-dir", model_dir, env=env)
+    assert fetched.returncode == 0, fetched.stderr
+    assert (model_dir / "sam2" / "model.pth").read_bytes() == b"checkpoint bytes"
+    assert "otsu: no weights needed" in fetched.stdout
+    listed = run_atlaspatch("models", "--model-dir", model_dir, env=env)
+    assert f"sam2: {model_dir / 'sam2' / 'model.pth'}" in listed.stdout.splitlines()
+
+    unknown = run_atlaspatch("models", "download", "uni_v9", env=env)
+    assert unknown.returncode == 2 and "unknown model 'uni_v9'" in unknown.stderr

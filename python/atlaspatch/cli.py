@@ -230,6 +230,63 @@ def tile(
     _guarded(run)
 
 
+models_app = typer.Typer(help="List the models and pre-fetch their weights.", no_args_is_help=False)
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback(invoke_without_command=True)
+def models_list(ctx: typer.Context, model_dir: opt.ModelDir = None) -> None:
+    """Every model with its weights source, licence, and whether the weights are on this machine."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.table import Table
+
+    from .models import catalogue
+    from .reporting import stdout
+
+    def run() -> int:
+        table = Table(title="Models")
+        for column in ("name", "kind", "weights", "gated", "licence", "on this machine", "description"):
+            table.add_column(column)
+        found: list[str] = []
+        for item in catalogue():
+            weights = item.weights
+            local = item.local_path(model_dir)
+            if local:
+                found.append(f"{item.name}: {local}")
+            table.add_row(
+                item.name,
+                item.kind,
+                weights.source_id if weights else "none needed",
+                ("yes" if weights.gated else "no") if weights else "-",
+                weights.licence if weights else "-",
+                ("yes" if local else "no") if weights else "-",
+                item.description,
+            )
+        stdout.print(table)
+        for line in found:
+            stdout.print(line, soft_wrap=True, highlight=False)
+        return 0
+
+    _guarded(run)
+
+
+@models_app.command("download")
+def models_download(
+    names: Annotated[list[str], typer.Argument(help="Model names (see `atlaspatch models`).")],
+    model_dir: opt.ModelDir = None,
+) -> None:
+    """Pre-fetch weights (into --model-dir DIR/<name>/<file>, or the Hugging Face cache) for offline nodes."""
+    from .models import download
+
+    def run() -> int:
+        for name, path in download(names, model_dir):
+            typer.echo(f"{name}: {path}" if path else f"{name}: no weights needed")
+        return 0
+
+    _guarded(run)
+
+
 @app.command("fetch-sample")
 def fetch_sample(
     folder: Annotated[Path, typer.Argument(help="Where to put CMU-1-Small-Region.svs.")] = Path("sample"),

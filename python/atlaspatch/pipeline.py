@@ -81,10 +81,14 @@ def reuse_conflict(source: SlideSource, state: H5State, request: SegmentTileRequ
 
 def refuse_mismatching_outputs(
     sources: list[SlideSource], request: SegmentTileRequest, outcomes: dict[str, SlideOutcome]
-) -> None:
-    """Before any work: an existing H5 with other geometry is never overwritten without --force."""
+) -> set[str]:
+    """Before any work: an existing H5 with other geometry is never overwritten without --force.
+
+    Returns the stems whose existing H5 already serves the request.
+    """
+    reusable: set[str] = set()
     if request.force:
-        return
+        return reusable
     conflicts: list[str] = []
     for source in sources:
         try:
@@ -93,6 +97,8 @@ def refuse_mismatching_outputs(
                 reason = reuse_conflict(source, state, request)
                 if reason:
                     conflicts.append(f"{source.stem}: {reason}")
+                else:
+                    reusable.add(source.stem)
         except AtlasPatchError as exc:
             outcomes[source.stem].status, outcomes[source.stem].note = "failed", one_line(exc)
     if conflicts:
@@ -101,6 +107,7 @@ def refuse_mismatching_outputs(
             + "; ".join(conflicts)
             + " — use --force to rebuild them or choose another --output"
         )
+    return reusable
 
 
 def reusable_tissue(state: H5State, request: SegmentTileRequest) -> TissueSegmentation | None:
@@ -135,9 +142,14 @@ class SegmentTilePipeline:
         return self._segmenter
 
     def preflight(self, sources: list[SlideSource]) -> dict[str, SlideOutcome]:
-        """Check every existing output before any work; raises ReuseConflict listing all mismatches."""
+        """Check every existing output before any work; raises ReuseConflict listing all mismatches.
+
+        Also loads the segmenter when some slide will need it, so missing weights stop the run up front.
+        """
         outcomes = {s.stem: SlideOutcome(stem=s.stem, path=s.path) for s in sources}
-        refuse_mismatching_outputs(sources, self.request, outcomes)
+        reusable = refuse_mismatching_outputs(sources, self.request, outcomes)
+        if any(s.stem not in reusable and not outcomes[s.stem].failed for s in sources):
+            _ = self.segmenter
         return outcomes
 
     def run(
@@ -216,19 +228,16 @@ class SegmentTilePipeline:
         if not todo:
             return
         try:
-            results = segment_slides([c.slide for c in todo], self.segmenter)
-        except AtlasPatchError:
-            raise
-        except Exception:
-            results = []
-            for item in todo:
-                try:
-                    results.extend(segment_slides([item.slide], self.segmenter))
-                except Exception as exc:
-                    self._fail(item, exc, open_slots, on_done)
-                    results.append(None)
-        for item, tissue in zip(todo, results, strict=True):
-            item.tissue = tissue
+            for item, tissue in zip(todo, segment_slides([c.slide for c in todo], self.segmenter), strict=True):
+                item.tissue = tissue
+            return
+        except Exception:  # retried one slide at a time below, to fail only the bad one
+            pass
+        for item in todo:
+            try:
+                item.tissue = segment_slides([item.slide], self.segmenter)[0]
+            except Exception as exc:
+                self._fail(item, exc, open_slots, on_done)
 
     def _tile_and_release(self, item: _Claimed, open_slots: BoundedSemaphore, on_done: Any) -> None:
         layout = self.request.layout

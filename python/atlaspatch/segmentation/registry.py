@@ -10,7 +10,16 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import ConfigError
+from ..weights import WeightsSource
 from .thumbnail import Thumbnail
+
+SAM2_WEIGHTS = WeightsSource(
+    name="sam2",
+    repo_id="AtlasAnalyticsLab/AtlasPatch",
+    filename="model.pth",
+    gated=False,
+    licence="CC-BY-NC-SA-4.0",
+)
 
 
 class Segmenter(Protocol):
@@ -24,7 +33,7 @@ class Segmenter(Protocol):
 class SegmenterSpec:
     name: str
     description: str
-    needs_weights: bool
+    weights: WeightsSource | None
     build: Callable[[str, Path | None], Segmenter]  # (device, model_dir) -> segmenter
 
 
@@ -46,10 +55,10 @@ SEGMENTERS: dict[str, SegmenterSpec] = {
         SegmenterSpec(
             "sam2",
             "AtlasPatch's fine-tuned SAM2.1 hiera-tiny (weights: AtlasAnalyticsLab/AtlasPatch)",
-            True,
+            SAM2_WEIGHTS,
             _build_sam2,
         ),
-        SegmenterSpec("otsu", "saturation + Otsu threshold with morphology (no weights)", False, _build_otsu),
+        SegmenterSpec("otsu", "saturation + Otsu threshold with morphology (no weights)", None, _build_otsu),
     )
 }
 

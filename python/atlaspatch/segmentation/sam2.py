@@ -26,16 +26,10 @@ from PIL import Image
 
 from ..devices import resolve_torch_device
 from ..errors import WeightsError, one_line
-from ..weights import WeightsSource, resolve_weights, sha256_of
+from ..weights import resolve_weights, sha256_of
+from .registry import SAM2_WEIGHTS
 from .thumbnail import Thumbnail
 
-SAM2_WEIGHTS = WeightsSource(
-    name="sam2",
-    repo_id="AtlasAnalyticsLab/AtlasPatch",
-    filename="model.pth",
-    gated=False,
-    licence="CC-BY-NC-SA-4.0",
-)
 SAM2_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"  # packaged with sam2; the architecture AtlasPatch fine-tuned
 INPUT_SIZE = 1024
 MASK_THRESHOLD = 0.0
