@@ -1,6 +1,7 @@
 #!/usr/bin/env nextflow
 /*
- * atlaspatch-nf: whole-slide images -> tissue (SEGMENT) -> patch coordinates (TILE), one task per slide and stage,
+ * atlaspatch-nf: whole-slide images -> tissue (SEGMENT) -> patch coordinates (TILE) [-> patch features
+ * (EMBED_PATCHES, with --patch_encoders)], one task per slide and stage,
  * each calling one `atlaspatch` stage command. Results land in ${params.outdir}/patches/<stem>.h5, the same layout
  * as the CLI's --output. A slide that fails is reported at the end and makes the run exit non-zero
  * (workflow.failOnIgnore), while every other slide still completes.
@@ -110,6 +111,53 @@ def checkParams() {
     if( params.step_size != null && (!(params.step_size instanceof Integer) || params.step_size < 1) ) {
         error("--step_size must be a positive integer, got '${params.step_size}'")
     }
+    checkFeatureParams()
+}
+
+def devicePattern() {
+    return ~/^(cpu|cuda|cuda:\d+)$/   // python/atlaspatch/devices.py
+}
+
+/*
+ * --feature_plugin entries, split as the CLI does (python/atlaspatch/encoders/patch/plugins.py): a name ending in
+ * .py or an existing path is a file, staged into the task; anything else is an importable module name, passed
+ * through as it is (conf/modules.config), which the tasks' Python environment must provide.
+ */
+def featurePlugins() {
+    def entries = params.feature_plugin ? params.feature_plugin.toString().tokenize(',')*.trim().findAll { e -> e } : []
+    def isFile  = { String e -> e.endsWith('.py') || java.nio.file.Files.exists(java.nio.file.Paths.get(e)) }
+    return [files: entries.findAll { e -> isFile(e) }, modules: entries.findAll { e -> !isFile(e) }]
+}
+
+def checkFeatureParams() {
+    if( params.patch_encoders != null && params.patch_encoders != '' ) {
+        def names = params.patch_encoders instanceof CharSequence ? params.patch_encoders.toString().tokenize(', ') : []
+        if( !names ) error("--patch_encoders must name at least one patch encoder (comma-separated), got '${params.patch_encoders}'")
+        def repeated = names*.toLowerCase().countBy { n -> n }.findAll { _n, count -> count > 1 }.keySet()
+        if( repeated ) error("--patch_encoders names ${repeated.join(', ')} more than once")
+    }
+    if( !(params.feature_batch_size instanceof Integer) || params.feature_batch_size < 1 ) {
+        error("--feature_batch_size must be a positive integer, got '${params.feature_batch_size}'")
+    }
+    if( !(params.feature_num_workers instanceof Integer) || params.feature_num_workers < 0 ) {
+        error("--feature_num_workers must be an integer >= 0, got '${params.feature_num_workers}'")
+    }
+    def precisions = ['float32', 'float16', 'bfloat16']
+    if( !(params.feature_precision?.toString()?.toLowerCase() in precisions) ) {
+        error("--feature_precision must be one of ${precisions.join(', ')}, got '${params.feature_precision}'")
+    }
+    def device = params.feature_device != null ? params.feature_device : params.device
+    if( !(device?.toString()?.trim()?.toLowerCase() ==~ devicePattern()) ) {
+        error("--${params.feature_device != null ? 'feature_device' : 'device'} must be cpu, cuda or cuda:N, got '${device}'")
+    }
+    if( params.model_dir != null && params.model_dir != '' ) {
+        if( !java.nio.file.Files.isDirectory(file(params.model_dir.toString())) ) {
+            error("--model_dir ${params.model_dir}: no such directory")
+        }
+    }
+    featurePlugins().files.each { f ->
+        if( !java.nio.file.Files.isRegularFile(file(f)) ) error("--feature_plugin ${f}: no such file")
+    }
 }
 
 /*
@@ -171,8 +219,11 @@ workflow {
 
     ch_slides = channel.fromList(slides.collect { s -> [[id: s.stem], s.path] })
     mpp_csv   = params.mpp_csv ? file(params.mpp_csv, checkIfExists: true) : []
+    // EMBED_PATCHES stages these into its tasks (paths, not --model-dir strings), so tasks need no network
+    model_dir = params.model_dir ? file(params.model_dir, checkIfExists: true, type: 'dir') : []
+    plugins   = featurePlugins().files.collect { f -> file(f, checkIfExists: true) }
 
-    ATLASPATCH ( ch_slides, mpp_csv )
+    ATLASPATCH ( ch_slides, mpp_csv, model_dir, plugins )
 
     // Summary of failed slides; the run's exit status is non-zero through workflow.failOnIgnore (nextflow.config).
     def run = workflow   // inside the handler closure `workflow` does not resolve to the run's metadata

@@ -35,13 +35,17 @@ if not list((REPO / ".nextflow-lib").glob("nextflow-*.jar")):
     )
 
 
-def nextflow(cwd: Path, *args: str | Path, slides: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """`nextflow run <repo> ...` as a user runs it: tasks find this venv's `atlaspatch` first on PATH."""
+def nextflow(
+    cwd: Path, *args: str | Path, slides: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`nextflow run <repo> ...` as a user runs it: tasks find this venv's `atlaspatch` first on PATH (and inherit
+    the launching environment, plus `env`)."""
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "NXF_HOME": str(cwd / ".nxf-home"),
         "NXF_ANSI_LOG": "false",
+        **(env or {}),
     }
     if slides is not None:
         env["ATLASPATCH_TEST_DATA"] = str(slides)  # what -profile test reads its slides from
@@ -211,3 +215,139 @@ def test_a_bad_slide_fails_alone_and_the_run_exits_non_zero(tmp_path: Path, cmu_
         ("ATLASPATCH:TILE", "CMU-1-Small-Region"): "COMPLETED",
         ("ATLASPATCH:SEGMENT", "boxes-synthetic"): "FAILED",
     }
+
+
+# --- EMBED_PATCHES (stage 3, with --patch_encoders) ---------------------------------------------------------------
+
+EXAMPLE_PLUGIN = REPO / "examples" / "feature_plugins" / "my_resnet18.py"
+ENCODER = "my_resnet18"
+
+
+def offline_env(root: Path) -> dict[str, str]:
+    """No network for the tasks, and no weights but the ones the test passes: an empty HF home, no model dir env."""
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(root / "empty-hf-home")}
+    return {**{k: v for k, v in os.environ.items() if k not in {"HF_HUB_CACHE", "ATLASPATCH_MODEL_DIR"}}, **env}
+
+
+def embed_args(tmp: Path, folder: Path, model_dir: Path, outdir: Path) -> tuple[str | Path, ...]:
+    return (
+        "-profile", "test", "--input", folder, "--outdir", outdir, "-work-dir", tmp / "work",
+        "--visualize_grids",
+        "--patch_encoders", ENCODER, "--feature_plugin", EXAMPLE_PLUGIN, "--model_dir", model_dir,
+        "--feature_device", "cpu", "--feature_precision", "float32", "--feature_num_workers", "1",
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def embed_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example plugin's weights file with random weights of the real architecture (its on-disk format)."""
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    root = tmp_path_factory.mktemp("nf-models")
+    (root / ENCODER).mkdir()
+    torch.manual_seed(0)
+    state = timm.create_model("resnet18", pretrained=False, num_classes=0).state_dict()
+    torch.save(state, root / ENCODER / "resnet18.pth")
+    return root
+
+
+@pytest.fixture(scope="module")
+def embed_run(tmp_path_factory: pytest.TempPathFactory, cmu_svs: Path, embed_model_dir: Path):
+    """One real run SEGMENT -> TILE -> EMBED_PATCHES on the CMU slide, shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("nf-embed")
+    folder = tmp / "slides"
+    folder.mkdir()
+    (folder / cmu_svs.name).symlink_to(cmu_svs)
+    args = embed_args(tmp, folder, embed_model_dir, tmp / "results")
+    result = nextflow(tmp, *args, env=offline_env(tmp))
+    return tmp, args, result
+
+
+@pytest.fixture(scope="module")
+def cli_embed_reference(tmp_path_factory: pytest.TempPathFactory, cmu_svs: Path, embed_model_dir: Path) -> Path:
+    """The CLI's stage 1+2 then stage 3 on the same slide with the same weights."""
+    tmp = tmp_path_factory.mktemp("nf-embed-cli")
+    env = offline_env(tmp)
+    result = run_atlaspatch("segment-and-get-coords", cmu_svs, "-o", tmp / "tiled", *GEOMETRY, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_atlaspatch(
+        "embed-patches", "--slide", cmu_svs, "--h5", tmp / "tiled" / "patches" / f"{cmu_svs.stem}.h5",
+        "--encoders", ENCODER, "-o", tmp / "embedded", "--model-dir", embed_model_dir,
+        "--feature-plugin", EXAMPLE_PLUGIN, "--feature-device", "cpu", "--feature-precision", "float32",
+        env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    return tmp / "embedded" / "patches" / f"{cmu_svs.stem}.h5"
+
+
+def test_embed_patches_matches_the_cli(embed_run, cli_embed_reference: Path, cmu_svs: Path) -> None:
+    tmp, _, result = embed_run
+    assert result.returncode == 0, result.output[-4000:]
+    results = tmp / "results"
+    assert [p.name for p in (results / "patches").iterdir()] == [f"{cmu_svs.stem}.h5"]
+    with h5py.File(results / "patches" / f"{cmu_svs.stem}.h5") as ours, h5py.File(cli_embed_reference) as cli:
+        assert set(ours.keys()) == set(cli.keys())
+        assert np.array_equal(ours["coords"][()], cli["coords"][()])
+        features = ours[f"features/{ENCODER}"]
+        assert features.dtype == np.float32
+        assert features.shape == (ours["coords"].shape[0], 512) and features.shape[0] > 50
+        assert np.allclose(features[()], cli[f"features/{ENCODER}"][()], atol=1e-4)
+    # TILE's overlay is still published; its H5 is not (only the last stage's)
+    assert (results / "visualization" / f"{cmu_svs.stem}.png").exists()
+    rows = trace_rows(results)
+    assert sorted(r["process"] for r in rows) == ["ATLASPATCH:EMBED_PATCHES", "ATLASPATCH:SEGMENT", "ATLASPATCH:TILE"]
+    assert {r["status"] for r in rows} == {"COMPLETED"}
+    versions = (results / "pipeline_info" / "atlaspatch_software_versions.yml").read_text()
+    assert "ATLASPATCH:EMBED_PATCHES" in versions
+    # copy-on-write: TILE's own H5 has coords but no features; the params reached the stage command
+    tile = next(r for r in rows if r["process"] == "ATLASPATCH:TILE")
+    with h5py.File(Path(tile["workdir"]) / "patches" / f"{cmu_svs.stem}.h5") as handle:
+        assert "coords" in handle and "features" not in handle
+    embed = next(r for r in rows if r["process"] == "ATLASPATCH:EMBED_PATCHES")
+    script = (Path(embed["workdir"]) / ".command.sh").read_text()
+    for option in ("--feature-device cpu", "--feature-precision float32", "--feature-num-workers 1",
+                   "--feature-batch-size 32", "--model-dir", "--feature-plugin"):  # fmt: skip
+        assert option in script, script
+
+
+def test_embed_patches_resume_reexecutes_nothing(embed_run) -> None:
+    tmp, args, first = embed_run
+    assert first.returncode == 0, first.output[-4000:]
+    result = nextflow(tmp, *args, "-resume", env=offline_env(tmp))
+    assert result.returncode == 0, result.output[-4000:]
+    assert "Submitted process" not in result.output
+    rows = trace_rows(tmp / "results")
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"CACHED"}, [(r["name"], r["status"]) for r in rows]
+
+
+def test_missing_weights_fail_the_slide_with_one_line(tmp_path: Path, cmu_svs: Path) -> None:
+    """The model dir lacks the encoder's file (and the hub is offline): EMBED_PATCHES fails that slide with the
+    tool's one-line error in the summary, and no H5 is published for it (not even TILE's)."""
+    folder, empty = tmp_path / "slides", tmp_path / "empty-models"
+    folder.mkdir()
+    empty.mkdir()
+    (folder / cmu_svs.name).symlink_to(cmu_svs)
+    outdir = tmp_path / "results"
+    result = nextflow(tmp_path, *embed_args(tmp_path, folder, empty, outdir), env=offline_env(tmp_path))
+    assert result.returncode != 0, result.output[-4000:]
+    assert "1 slide(s) failed" in result.output
+    summary = result.output[result.output.index("1 slide(s) failed") :]
+    assert f"{cmu_svs.stem}  ATLASPATCH:EMBED_PATCHES  FAILED exit 2" in summary
+    assert f"Error: {ENCODER} weights" in summary and "are not on this machine" in summary
+    assert "Traceback" not in summary
+    status = {r["process"]: r["status"] for r in trace_rows(outdir)}
+    assert status == {
+        "ATLASPATCH:SEGMENT": "COMPLETED",
+        "ATLASPATCH:TILE": "COMPLETED",
+        "ATLASPATCH:EMBED_PATCHES": "FAILED",
+    }
+    assert not list(outdir.glob("patches/*.h5"))
+    assert (outdir / "visualization" / f"{cmu_svs.stem}.png").exists()  # TILE's overlay is still published
+
+
+def test_a_missing_model_dir_is_refused_before_any_task(tmp_path: Path, cmu_svs: Path) -> None:
+    args = ("-profile", "test", "--input", cmu_svs, "--outdir", tmp_path / "results", "-work-dir", tmp_path / "work")
+    result = nextflow(tmp_path, *args, "--patch_encoders", ENCODER, "--model_dir", "no-such-models")
+    assert result.returncode != 0
+    assert "--model_dir no-such-models: no such directory" in result.output
+    assert "Submitted process" not in result.output

@@ -230,6 +230,53 @@ def tile(
     _guarded(run)
 
 
+@app.command("embed-patches")
+def embed_patches(
+    slide: Annotated[Path, typer.Option("--slide", help="The slide the H5 was tiled on.")],
+    h5: Annotated[Path, typer.Option("--h5", exists=True, dir_okay=False, help="Tiled H5 (never modified in place).")],
+    encoders: Annotated[
+        str, typer.Option("--encoders", help="Patch encoders, comma- or space-separated (see `atlaspatch models`).")
+    ],
+    output: opt.Output,
+    feature_device: opt.FeatureDevice = "cuda",
+    feature_batch_size: opt.FeatureBatchSize = 32,
+    feature_num_workers: opt.FeatureNumWorkers = 4,
+    feature_precision: opt.FeaturePrecision = "float16",
+    feature_plugin: opt.FeaturePlugin = None,
+    model_dir: opt.ModelDir = None,
+    mpp: Annotated[float | None, typer.Option("--mpp", help="Override the slide's mpp (µm/px).")] = None,
+    mpp_csv: opt.MppCsv = None,
+    skip_existing: opt.SkipExisting = True,
+    verbose: opt.Verbose = False,
+) -> None:
+    """Stage 3 for one slide: features/<encoder> for every patch into OUTPUT/patches/<stem>.h5."""
+    from .devices import validate_device
+    from .encoders.patch import parse_names
+    from .reporting import setup_logging
+    from .stages.commands import run_embed_patches_stage
+    from .stages.embed_patches import EmbedOptions
+
+    def run() -> int:
+        setup_logging(verbose)
+        outcome = run_embed_patches_stage(
+            slide,
+            h5,
+            output,
+            parse_names(encoders, "--encoders"),
+            EmbedOptions(batch_size=feature_batch_size, num_workers=feature_num_workers, mpp=mpp),
+            device=validate_device(feature_device, "--feature-device"),
+            precision=feature_precision,
+            model_dir=model_dir,
+            plugins=tuple(str(path) for path in feature_plugin or ()),
+            mpp_overrides=_mpp_overrides(mpp_csv),
+            force=not skip_existing,
+        )
+        typer.echo(outcome)
+        return 0
+
+    _guarded(run)
+
+
 models_app = typer.Typer(help="List the models and pre-fetch their weights.", no_args_is_help=False)
 app.add_typer(models_app, name="models")
 

@@ -10,6 +10,7 @@ import typer
 SEG = "Segmentation"
 TILE = "Tiling"
 OUT = "Outputs"
+FEAT = "Patch features"
 RUN = "Run"
 
 Output = Annotated[
@@ -49,7 +50,7 @@ ModelDir = Annotated[
         "--model-dir",
         envvar="ATLASPATCH_MODEL_DIR",
         help="Directory of pre-fetched weights (DIR/<model>/<file>).",
-        rich_help_panel=SEG,
+        rich_help_panel=RUN,
     ),
 ]
 SegBatchSize = Annotated[
@@ -135,3 +136,36 @@ MppCsv = Annotated[
     ),
 ]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.", rich_help_panel=RUN)]
+
+FeatureDevice = Annotated[
+    str,
+    typer.Option("--feature-device", help="Device for patch features (cpu, cuda, cuda:N).", rich_help_panel=FEAT),
+]
+FeatureBatchSize = Annotated[
+    int, typer.Option("--feature-batch-size", min=1, help="Patches per model call.", rich_help_panel=FEAT)
+]
+FeatureNumWorkers = Annotated[
+    int,
+    typer.Option(
+        "--feature-num-workers",
+        min=0,
+        help="DataLoader workers reading and preprocessing patches (0: the main process).",
+        rich_help_panel=FEAT,
+    ),
+]
+FeaturePrecision = Annotated[
+    str,
+    typer.Option(
+        "--feature-precision",
+        help="float32, float16 or bfloat16 (float16 on CPU falls back to float32).",
+        rich_help_panel=FEAT,
+    ),
+]
+FeaturePlugin = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--feature-plugin",
+        help="Python file or module registering custom patch encoders (repeatable; see docs/feature-plugins.md).",
+        rich_help_panel=FEAT,
+    ),
+]

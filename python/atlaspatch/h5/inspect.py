@@ -22,6 +22,8 @@ class H5State:
     tissue_attrs: dict[str, Any] | None = None
     num_patches: int | None = None  # None: not tiled (or never finished)
     features: dict[str, int] = field(default_factory=dict)  # name -> rows
+    feature_widths: dict[str, int] = field(default_factory=dict)  # name -> D (0 if not 2-D)
+    feature_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> dataset attrs
     slide_features: list[str] = field(default_factory=list)
 
     @property
@@ -63,11 +65,11 @@ def inspect_h5(path: Path) -> H5State:
                 state.tissue_attrs = read_attrs(handle[schema.TISSUE])
             state.num_patches = _num_patches(handle, state.attrs)
             if schema.FEATURES in handle:
-                state.features = {
-                    name: int(ds.shape[0])
-                    for name, ds in handle[schema.FEATURES].items()
-                    if isinstance(ds, h5py.Dataset)
-                }
+                for name, dataset in handle[schema.FEATURES].items():
+                    if isinstance(dataset, h5py.Dataset):
+                        state.features[name] = int(dataset.shape[0])
+                        state.feature_widths[name] = int(dataset.shape[1]) if dataset.ndim == 2 else 0
+                        state.feature_attrs[name] = read_attrs(dataset)
             if schema.SLIDE_FEATURES in handle:
                 state.slide_features = sorted(handle[schema.SLIDE_FEATURES].keys())
     except H5Error as exc:
@@ -78,6 +80,21 @@ def inspect_h5(path: Path) -> H5State:
             f"existing {path.name} is unreadable (truncated or corrupt: {reason}); re-run with --force to rebuild it"
         ) from None
     return state
+
+
+def complete_features(state: H5State, name: str, dim: int) -> bool:
+    """Whether features/<name> can be reused: all rows present, the right width, and (if we wrote it) finished.
+
+    AtlasPatch writes no attrs on features, so its datasets are judged by their row count, as AtlasPatch does.
+    """
+    if not state.is_tiled or name not in state.features or state.features[name] != state.num_patches:
+        return False
+    if state.feature_widths.get(name) != dim:
+        return False
+    attrs = state.feature_attrs.get(name, {})
+    if schema.FEATURE_ENCODER in attrs or schema.FEATURE_COMPLETE in attrs:
+        return bool(attrs.get(schema.FEATURE_COMPLETE, False))
+    return True
 
 
 def _same(have: Any, want: Any) -> bool:

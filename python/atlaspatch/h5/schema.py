@@ -35,6 +35,15 @@ GEOMETRY_FIELDS = (
 # Fields AtlasPatch itself writes; the only ones a file from AtlasPatch can be checked on.
 ATLASPATCH_GEOMETRY_FIELDS = ("patch_size", "step_size", "target_magnification", "patch_size_level0")
 
+# Attributes of features/<encoder>. AtlasPatch writes none; a dataset of ours without FEATURE_COMPLETE was never
+# finished. Datasets named TEMP_FEATURE_PREFIX + name are work in progress (AtlasPatch uses the same prefix).
+FEATURE_ENCODER = "encoder"
+FEATURE_DIM = "dim"
+FEATURE_PRECISION = "precision"
+FEATURE_WEIGHTS = "weights_sha256"
+FEATURE_COMPLETE = "complete"
+TEMP_FEATURE_PREFIX = "__tmp_"
+
 NUM_PATCHES = "num_patches"  # written last: a file without it was never finished
 TOOL_VERSION = "atlaspatch_version"
 

@@ -17,6 +17,7 @@ from ..slides.discovery import find_slides, mpp_override_for
 from ..slides.reader import Slide, open_slide
 from ..tiling.geometry import plan_geometry
 from ..visualize import VisualizeOptions, write_visualizations
+from .embed_patches import EmbedOptions, check_slide_matches, embed_patches, missing_encoders, read_state
 from .segment import read_tissue, segment_slides, write_segmentation_h5
 from .tile import TileOptions, export_patch_images, geometry_attrs, write_tiled_h5
 
@@ -112,3 +113,46 @@ def run_tile_stage(
                     message += " (no tissue found)"
             write_visualizations(layout.visualization_dir, slide, tissue, target, visualize or VisualizeOptions())
     return message
+
+
+def run_embed_patches_stage(
+    slide_path: Path,
+    h5_in: Path,
+    output: Path,
+    encoder_names: list[str],
+    options: EmbedOptions,
+    device: str = "cuda",
+    precision: str = "float16",
+    model_dir: Path | None = None,
+    plugins: tuple[str, ...] = (),
+    mpp_overrides: dict[str, float] | None = None,
+    force: bool = False,
+) -> str:
+    from ..encoders.patch import patch_encoder_registry
+    from ..encoders.patch.loading import load_patch_encoder, require_weights
+
+    registry = patch_encoder_registry(plugins)
+    specs = [registry.get(name) for name in encoder_names]
+    state = read_state(h5_in)
+    source = find_slides(slide_path)[0]
+    mpp = options.mpp if options.mpp is not None else mpp_override_for(source.stem, mpp_overrides)
+    options = EmbedOptions(options.batch_size, options.num_workers, mpp)
+    check_slide_matches(source.path, state, mpp)
+    todo = missing_encoders(state, specs, force)
+    for spec in todo:
+        require_weights(spec, model_dir)  # every missing weights file is reported before any work
+    target = OutputLayout(output).h5(source.stem)
+    with SlideLock(OutputLayout(output).lock(source.stem), slide=source.stem, phase="embed-patches"):
+        remove_leftover_temps(target)
+        todo = missing_encoders(read_state(h5_in), specs, force)  # again: another run may have added some
+        computed = embed_patches(
+            source.path,
+            h5_in,
+            target,
+            todo,
+            lambda spec: load_patch_encoder(spec, device, precision, model_dir),
+            options,
+        )
+    parts = [f"{name} {rows} patches embedded" for name, rows in computed.items()]
+    parts += [f"{spec.name} reused" for spec in specs if spec.name not in computed]
+    return f"{source.stem}: {', '.join(parts)} -> {target}"

@@ -1,0 +1,54 @@
+process EMBED_PATCHES {
+    tag "${meta.id}"
+    label 'process_medium'
+    label 'process_gpu'
+
+    input:
+    tuple val(meta), path(slide), path(h5)
+    path(model_dir, stageAs: 'atlaspatch_models/*')        // weights directory (DIR/<model>/<file>), or [] for none
+    path(plugins  , stageAs: 'atlaspatch_plugins*/*')      // --feature-plugin files, or [] for none
+    path(mpp_csv)
+
+    output:
+    tuple val(meta), path("patches/${meta.id}.h5"), emit: h5
+    path "versions.yml"                          , emit: versions
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    // The staged input H5 (<stem>.h5 at the task root) is never modified: the tool writes a new
+    // patches/<stem>.h5 that starts as a copy of it plus features/<encoder> (copy-on-write between stages).
+    // The model dir and plugin files are staged under their own folders, so no name of theirs can clash with the
+    // slide, the input H5 or patches/. Each plugin file sits in a folder of its own (two may share a name).
+    def args    = task.ext.args ?: ''
+    def models  = model_dir ? "--model-dir '${model_dir}'" : ''
+    def plugin  = [plugins].flatten().collect { p -> "--feature-plugin '${p}'" }.join(' ')
+    def mpp     = mpp_csv ? "--mpp-csv '${mpp_csv}'" : ''
+    """
+    atlaspatch embed-patches \\
+        --slide '${slide}' \\
+        --h5 '${h5}' \\
+        --output . \\
+        ${models} \\
+        ${plugin} \\
+        ${mpp} \\
+        ${args}
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        atlaspatch: \$(atlaspatch --version | sed 's/^atlaspatch //')
+    END_VERSIONS
+    """
+
+    stub:
+    """
+    mkdir -p patches
+    touch 'patches/${meta.id}.h5'
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        atlaspatch: \$(atlaspatch --version | sed 's/^atlaspatch //')
+    END_VERSIONS
+    """
+}

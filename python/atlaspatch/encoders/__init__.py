@@ -1,0 +1,1 @@
+"""Encoders: patch encoders (pixels → per-patch features) and, later, slide encoders (features → one vector)."""

@@ -1,0 +1,257 @@
+"""Embed-patches stage: the patches of a tiled H5 → ``features/<encoder>`` (N, D) float32, row-aligned with coords.
+
+Patches stream from the slide through a DataLoader whose workers each open the slide once and read whole
+batches in coordinate order, resizing and normalising off the main thread. Features go batch by batch into a
+temporary dataset of a temporary copy of the H5; the dataset is renamed into place and marked complete, then the
+copy replaces the target. A run killed at any point leaves the previous H5 untouched and a temp file the next run
+removes; a partial dataset found in an input (e.g. from AtlasPatch) is rebuilt.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .. import __version__
+from ..errors import H5Error, SlideError
+from ..h5 import schema
+from ..h5.atomic import atomic_h5
+from ..h5.attrs import write_attrs
+from ..h5.inspect import H5State, complete_features, inspect_h5
+from ..slides.reader import Slide, open_slide
+from .tile import read_patch
+
+log = logging.getLogger("atlaspatch")
+
+BatchCallback = Callable[[int], None]  # called with the number of patches just embedded
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    batch_size: int = 32
+    num_workers: int = 4
+    mpp: float | None = None  # the slide's mpp override, if any (pixels do not depend on it; opening does)
+
+
+class PatchBatches:
+    """Map-style dataset whose item i is batch i: patches [i·B, (i+1)·B) in coordinate order, model-ready.
+
+    Each process (the main one, or a DataLoader worker) opens the slide once, on first use.
+    """
+
+    def __init__(
+        self,
+        slide_path: Path,
+        coords: np.ndarray,
+        patch_size: int,
+        preprocess: Any,
+        batch_size: int,
+        mpp: float | None = None,
+    ) -> None:
+        self.slide_path = Path(slide_path)
+        self.coords = coords
+        self.patch_size = patch_size
+        self.preprocess = preprocess
+        self.batch_size = max(1, batch_size)
+        self.mpp = mpp
+        self._slide: Slide | None = None
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.coords) / self.batch_size)
+
+    def _open(self) -> Slide:
+        if self._slide is None or self._pid != os.getpid():
+            self._slide = open_slide(self.slide_path, mpp_override=self.mpp)
+            self._pid = os.getpid()
+        return self._slide
+
+    def __getitem__(self, index: int) -> Any:
+        from ..encoders.patch.transforms import to_model_input
+
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        slide = self._open()
+        rows = self.coords[index * self.batch_size : (index + 1) * self.batch_size]
+        return to_model_input([read_patch(slide, row, self.patch_size) for row in rows], self.preprocess)
+
+    def close(self) -> None:
+        if self._slide is not None and self._pid == os.getpid():
+            self._slide.close()
+        self._slide = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_slide"], state["_pid"] = None, -1  # workers open their own handle
+        return state
+
+
+def _quiet_worker(_: int) -> None:
+    """Workers decode one batch each; torch/OpenCV thread pools inside them would only fight the main process."""
+    import cv2
+    import torch
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def worker_context() -> Any:
+    """Workers come from a fork server, not from this process: a plain fork would inherit OpenCV's and OpenSlide's
+    thread pools mid-use and can deadlock (seen with cv2 after the tile stage ran in the same process)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["atlaspatch.stages.embed_patches", "atlaspatch.encoders.patch.transforms"])
+    return context
+
+
+def patch_loader(dataset: PatchBatches, num_workers: int, pin_memory: bool) -> Any:
+    """One DataLoader for the whole slide: batches arrive in order, `num_workers` of them prepared ahead."""
+    from torch.utils.data import DataLoader
+
+    workers = max(0, min(num_workers, len(dataset)))
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        worker_init_fn=_quiet_worker if workers else None,
+        prefetch_factor=2 if workers else None,
+        persistent_workers=False,
+        multiprocessing_context=worker_context() if workers else None,
+    )
+
+
+def feature_attrs(encoder: Any, num_patches: int, patch_size: int, seconds: float) -> dict[str, Any]:
+    spec = encoder.spec
+    return {
+        schema.FEATURE_ENCODER: spec.name,
+        "name": spec.name,
+        schema.FEATURE_DIM: spec.dim,
+        schema.FEATURE_PRECISION: encoder.precision,
+        schema.FEATURE_WEIGHTS: encoder.weights_sha256,
+        "weights_source": encoder.weights_source,
+        schema.NUM_PATCHES: num_patches,
+        "patch_size": patch_size,
+        "input_size": spec.preprocess.input_size,
+        "device": encoder.device,
+        "seconds": round(seconds, 3),
+        "creation_date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        schema.TOOL_VERSION: __version__,
+    }
+
+
+def _drop_features(handle: h5py.File, name: str) -> None:
+    group = handle.require_group(schema.FEATURES)
+    for key in (name, schema.TEMP_FEATURE_PREFIX + name):
+        if key in group:
+            del group[key]
+
+
+def write_features(
+    handle: h5py.File,
+    slide_path: Path,
+    encoder: Any,
+    options: EmbedOptions,
+    on_batch: BatchCallback | None = None,
+) -> int:
+    """Compute features/<encoder> into an open (temporary) H5; returns the number of rows written."""
+    coords = handle[schema.COORDS][...]
+    total = len(coords)
+    patch_size = int(handle.attrs["patch_size"])
+    name, dim = encoder.spec.name, encoder.spec.dim
+    _drop_features(handle, name)
+    group = handle[schema.FEATURES]
+    temp_name = schema.TEMP_FEATURE_PREFIX + name
+    chunk_rows = max(1, min(options.batch_size, total)) if total else None
+    dataset = group.create_dataset(
+        temp_name, shape=(total, dim), dtype=np.float32, chunks=(chunk_rows, dim) if chunk_rows else None
+    )
+    started = time.perf_counter()
+    batches = PatchBatches(slide_path, coords, patch_size, encoder.spec.preprocess, options.batch_size, options.mpp)
+    written = 0
+    try:
+        for images in patch_loader(batches, options.num_workers, pin_memory=encoder.device.startswith("cuda")):
+            features = encoder.embed(images).numpy()
+            dataset[written : written + len(features)] = features
+            written += len(features)
+            if on_batch is not None:
+                on_batch(len(features))
+    finally:
+        batches.close()
+    if written != total:
+        raise H5Error(f"{name}: embedded {written} patches but coords has {total} rows")
+    group.move(temp_name, name)
+    write_attrs(group[name], feature_attrs(encoder, total, patch_size, time.perf_counter() - started))
+    group[name].attrs[schema.FEATURE_COMPLETE] = True  # last: marks the dataset finished
+    return total
+
+
+def check_slide_matches(slide_path: Path, state: H5State, mpp: float | None) -> None:
+    """Refuse to read pixels from a slide other than the one the H5 was tiled on."""
+    with open_slide(slide_path, mpp_override=mpp) as slide:
+        dimensions = slide.dimensions
+    expected = (state.attrs.get("level0_width"), state.attrs.get("level0_height"))
+    if None not in expected and tuple(int(v) for v in expected) != tuple(dimensions):
+        raise SlideError(
+            f"{slide_path.name} is {dimensions[0]}x{dimensions[1]} px but {state.path.name} was tiled on a "
+            f"{expected[0]}x{expected[1]} px slide: pass the slide the H5 was made from"
+        )
+
+
+def missing_encoders(state: H5State, specs: list[Any], force: bool) -> list[Any]:
+    """The encoders whose features the H5 lacks (or holds only partially); all of them with force."""
+    if force:
+        return list(specs)
+    return [spec for spec in specs if not complete_features(state, spec.name, spec.dim)]
+
+
+def embed_patches(
+    slide_path: Path,
+    h5_in: Path,
+    h5_out: Path,
+    specs: list[Any],
+    get_encoder: Callable[[Any], Any],
+    options: EmbedOptions,
+    on_batch: BatchCallback | None = None,
+) -> dict[str, int]:
+    """Add each spec's features to the H5, committing after each encoder; returns rows per encoder.
+
+    ``get_encoder(spec)`` gives the loaded encoder (so a caller can load each model once for many slides).
+    ``h5_in`` is never modified unless it is ``h5_out`` itself, and then only by an atomic replace.
+    """
+    source = Path(h5_in)
+    computed: dict[str, int] = {}
+    for spec in specs:
+        encoder = get_encoder(spec)
+        with atomic_h5(h5_out, start_from=source) as handle:
+            computed[spec.name] = write_features(handle, slide_path, encoder, options, on_batch)
+        source = h5_out
+    if source != h5_out and h5_out.resolve() != source.resolve():
+        with atomic_h5(h5_out, start_from=source):
+            pass
+    return computed
+
+
+def require_tiled(state: H5State) -> None:
+    if not state.is_tiled:
+        raise H5Error(f"{state.path} has no finished coords: run `atlaspatch tile` on the slide first")
+
+
+def read_state(h5_in: Path) -> H5State:
+    state = inspect_h5(h5_in)
+    if not state.exists:
+        raise H5Error(f"{h5_in} does not exist")
+    require_tiled(state)
+    return state
