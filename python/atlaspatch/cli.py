@@ -282,8 +282,8 @@ app.add_typer(models_app, name="models")
 
 
 @models_app.callback(invoke_without_command=True)
-def models_list(ctx: typer.Context, model_dir: opt.ModelDir = None) -> None:
-    """Every model with its weights source, licence, and whether the weights are on this machine."""
+def models_list(ctx: typer.Context, model_dir: opt.ModelDir = None, feature_plugin: opt.FeaturePlugin = None) -> None:
+    """Every model with its geometry, output dim, weights source, licence, and whether the weights are here."""
     if ctx.invoked_subcommand is not None:
         return
     from rich.table import Table
@@ -293,10 +293,11 @@ def models_list(ctx: typer.Context, model_dir: opt.ModelDir = None) -> None:
 
     def run() -> int:
         table = Table(title="Models")
-        for column in ("name", "kind", "weights", "gated", "licence", "on this machine", "description"):
-            table.add_column(column)
+        columns = ("name", "kind", "dim", "input", "extract at", "weights", "gated", "licence", "on this machine")
+        for column in columns:
+            table.add_column(column, overflow="fold")
         found: list[str] = []
-        for item in catalogue():
+        for item in catalogue(tuple(str(path) for path in feature_plugin or ())):
             weights = item.weights
             local = item.local_path(model_dir)
             if local:
@@ -304,11 +305,13 @@ def models_list(ctx: typer.Context, model_dir: opt.ModelDir = None) -> None:
             table.add_row(
                 item.name,
                 item.kind,
+                str(item.dim) if item.dim else "-",
+                item.input or "-",
+                item.extract_at or "-",
                 weights.source_id if weights else "none needed",
                 ("yes" if weights.gated else "no") if weights else "-",
                 weights.licence if weights else "-",
                 ("yes" if local else "no") if weights else "-",
-                item.description,
             )
         stdout.print(table)
         for line in found:
@@ -322,12 +325,14 @@ def models_list(ctx: typer.Context, model_dir: opt.ModelDir = None) -> None:
 def models_download(
     names: Annotated[list[str], typer.Argument(help="Model names (see `atlaspatch models`).")],
     model_dir: opt.ModelDir = None,
+    feature_plugin: opt.FeaturePlugin = None,
 ) -> None:
     """Pre-fetch weights (into --model-dir DIR/<name>/<file>, or the Hugging Face cache) for offline nodes."""
     from .models import download
 
     def run() -> int:
-        for name, path in download(names, model_dir):
+        plugins = tuple(str(path) for path in feature_plugin or ())
+        for name, path in download(names, model_dir, plugins):
             typer.echo(f"{name}: {path}" if path else f"{name}: no weights needed")
         return 0
 

@@ -45,18 +45,22 @@ def _import_file(path: Path) -> ModuleType:
 
 
 def import_plugin(plugin: Path | str) -> ModuleType:
+    """A plugin file (``*.py`` or any existing path) or, failing that, an importable module name."""
     text = str(plugin)
     path = Path(text).expanduser()
+    is_file = path.suffix == ".py" or path.exists()
+    if is_file and not path.is_file():
+        raise ConfigError(f"--feature-plugin {text}: no such file")
+    if not is_file:
+        try:
+            if importlib.util.find_spec(text) is None:
+                raise ModuleNotFoundError(text)
+        except (ImportError, ValueError):
+            raise ConfigError(f"--feature-plugin {text}: not a file and not an importable module") from None
     try:
-        if path.suffix == ".py" or path.exists():
-            if not path.is_file():
-                raise ConfigError(f"--feature-plugin {text}: no such file")
-            return _import_file(path)
-        return importlib.import_module(text)
+        return _import_file(path) if is_file else importlib.import_module(text)
     except AtlasPatchError:
         raise
-    except ModuleNotFoundError as exc:
-        raise ConfigError(f"--feature-plugin {text}: not a file and not an importable module ({exc})") from None
     except Exception as exc:
         raise ConfigError(f"--feature-plugin {text} failed to import: {one_line(exc)}") from None
 
