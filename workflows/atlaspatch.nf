@@ -16,11 +16,11 @@ workflow ATLASPATCH {
     take:
     ch_slides   // channel: [ val(meta), path(slide) ]   (a slide file or a DICOM series folder)
     mpp_csv     // value:   path(csv) or [] (no --mpp-csv)
-    model_dir   // value:   path(dir) or [] (no --model_dir): weights for EMBED_PATCHES, staged into its tasks
+    model_dir   // value:   path(dir) or [] (no --model_dir): weights for SEGMENT/EMBED_PATCHES, staged into tasks
     plugins     // value:   [ path(py), ... ] or [] (no --feature_plugin): files registering patch encoders
 
     main:
-    SEGMENT ( ch_slides, mpp_csv )
+    SEGMENT ( ch_slides, model_dir, mpp_csv )
     TILE    ( ch_slides.join(SEGMENT.out.h5), mpp_csv )
 
     ch_h5 = TILE.out.h5

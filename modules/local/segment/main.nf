@@ -5,6 +5,7 @@ process SEGMENT {
 
     input:
     tuple val(meta), path(slide)
+    path(model_dir, stageAs: 'atlaspatch_models/*')        // weights directory (DIR/<model>/<file>), or [] for none
     path(mpp_csv)
 
     output:
@@ -15,11 +16,13 @@ process SEGMENT {
     task.ext.when == null || task.ext.when
 
     script:
-    def args = task.ext.args ?: ''
-    def mpp  = mpp_csv ? "--mpp-csv '${mpp_csv}'" : ''
+    def args   = task.ext.args ?: ''
+    def models = model_dir ? "--model-dir '${model_dir}'" : ''
+    def mpp    = mpp_csv ? "--mpp-csv '${mpp_csv}'" : ''
     """
     atlaspatch segment '${slide}' \\
         --output . \\
+        ${models} \\
         ${mpp} \\
         ${args}
 
