@@ -237,8 +237,8 @@ def virchow_spec(name: str, repo: str, licence: str, reg_tokens: int, label: str
 
 SPECS: tuple[PatchEncoderSpec, ...] = (
     # UNI: verified in mahmoodlab/UNI get_encoder.py (file pytorch_model.bin, strict timm load, Resize 224 →
-    # CenterCrop 224 with torchvision's default bilinear, ImageNet) and TRIDENT. Repo id written as the model card
-    # writes it; timm's hub prefix on the card is the lower-case "MahmoodLab/uni" (same repository).
+    # CenterCrop 224 with torchvision's default bilinear, ImageNet) and TRIDENT. Repo id in lower case, as the
+    # card's timm hub prefix (hf-hub:MahmoodLab/uni) writes it, so a cache filled by timm/TRIDENT is reused.
     vit_spec(
         "uni_v1",
         1024,
