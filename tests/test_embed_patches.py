@@ -304,3 +304,27 @@ def test_cli_one_line_errors(cmu_svs: Path, work: Path, tmp_path: Path, model_di
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert f"{ENCODER} 82 patches embedded" in ok.stdout or "patches embedded" in ok.stdout
+
+
+def test_registered_encoder_end_to_end_from_the_offline_hf_cache(cmu_svs: Path, work: Path, tmp_path: Path) -> None:
+    """MOOZY's patch encoder through the real CLI: weights only in a Hugging Face cache, HF_HUB_OFFLINE=1."""
+    from checkpoints import place_in_hf_cache, save_checkpoint
+
+    spec = patch_encoder_registry().get("lunit_vit_small_patch8_dino")
+    torch.manual_seed(1)
+    weights = save_checkpoint(spec.architecture().state_dict(), tmp_path / "upstream" / spec.weights.filename)
+    cache = tmp_path / "hf_home" / "hub"
+    place_in_hf_cache(cache, spec.weights.repo_id, spec.weights.filename, weights)
+    result = run_atlaspatch(
+        "embed-patches", "--slide", cmu_svs, "--h5", work, "-o", work.parent.parent, "--encoders", spec.name,
+        "--feature-device", "cpu", "--feature-num-workers", "2", "--feature-batch-size", "16",
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    features, attrs = read_features(work, spec.name)
+    with h5py.File(work, "r") as handle:
+        assert features.shape == (handle[schema.COORDS].shape[0], 384)
+    assert np.isfinite(features).all() and features.std(axis=0).mean() > 0  # patches differ, so rows differ
+    assert attrs["weights_sha256"] == sha256(weights)
+    assert attrs["weights_source"] == f"{spec.weights.repo_id}/{spec.weights.filename}"
+    assert attrs["input_size"] == 224 and attrs["precision"] == "float32"
