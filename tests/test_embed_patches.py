@@ -215,8 +215,14 @@ def test_killed_process_is_repaired_by_the_next_run(
         assert process.poll() is None, process.communicate()
         time.sleep(0.05)
     time.sleep(2.0)  # a few batches into the temp dataset
+    helpers = descendants(process.pid)  # the fork server and the DataLoader workers
+    assert helpers, "the stage should be reading with worker processes"
     process.send_signal(signal.SIGKILL)
     process.wait()
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in helpers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in helpers if alive(pid)], "workers outlived the killed stage"
     assert list(work.parent.glob(f".{work.name}.tmp.*")), "the killed run should have left its temp file"
     assert sha256(work) == digest
     assert "slow_resnet18" not in inspect_h5(work).features
@@ -224,6 +230,23 @@ def test_killed_process_is_repaired_by_the_next_run(
     assert "patches embedded" in embed(cmu_svs, work, model_dir, encoders="slow_resnet18")
     assert not list(work.parent.glob(f".{work.name}.tmp.*"))
     np.testing.assert_allclose(read_features(work, "slow_resnet18")[0], expected, rtol=1e-4, atol=1e-4)
+
+
+def descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        children = (task / "children").read_text().split() if (task / "children").exists() else []
+        for child in map(int, children):
+            found += [child, *descendants(child)]
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 @pytest.mark.parametrize("damage", ["short_rows", "temp_dataset", "not_complete"])

@@ -9,6 +9,7 @@ removes; a partial dataset found in an input (e.g. from AtlasPatch) is rebuilt.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -114,7 +115,35 @@ def _fixed_mmap_threshold(threshold: int = BATCH_MMAP_THRESHOLD) -> None:
         ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, threshold)
 
 
-def _quiet_worker(_: int) -> None:
+def _exit_when_gone(pid: int) -> None:
+    """End this worker when process `pid` (the stage) is gone, however it died.
+
+    Workers are children of the fork server, not of the stage, so torch's own watchdog (which checks the parent)
+    would keep them, and the fork server waiting for them, alive forever after a SIGKILL of the stage.
+    """
+    import select
+    import threading
+    import time
+
+    def watch() -> None:
+        try:
+            handle = os.pidfd_open(pid)
+            select.select([handle], [], [])  # readable once the process has exited
+        except (AttributeError, OSError):  # no pidfd (old kernel): poll
+            while True:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    pass
+                time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="atlaspatch-stage-watch", daemon=True).start()
+
+
+def _init_worker(stage_pid: int, _: int) -> None:
     """Workers decode one batch each; torch/OpenCV thread pools inside them would only fight the main process."""
     import cv2
     import torch
@@ -122,6 +151,14 @@ def _quiet_worker(_: int) -> None:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     _fixed_mmap_threshold()
+    _exit_when_gone(stage_pid)
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def worker_context() -> Any:
@@ -138,14 +175,14 @@ def patch_loader(dataset: PatchBatches, num_workers: int, pin_memory: bool) -> A
     """One DataLoader for the whole slide: batches arrive in order, `num_workers` of them prepared ahead."""
     from torch.utils.data import DataLoader
 
-    workers = max(0, min(num_workers, len(dataset)))
+    workers = max(0, min(num_workers, len(dataset), usable_cpus()))  # more workers than cores gains nothing
     return DataLoader(
         dataset,
         batch_size=None,
         shuffle=False,
         num_workers=workers,
         pin_memory=pin_memory,
-        worker_init_fn=_quiet_worker if workers else None,
+        worker_init_fn=functools.partial(_init_worker, os.getpid()) if workers else None,
         prefetch_factor=2 if workers else None,
         persistent_workers=False,
         multiprocessing_context=worker_context() if workers else None,
