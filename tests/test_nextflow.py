@@ -38,14 +38,14 @@ if not list((REPO / ".nextflow-lib").glob("nextflow-*.jar")):
 def nextflow(
     cwd: Path, *args: str | Path, slides: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`nextflow run <repo> ...` as a user runs it: tasks find this venv's `atlaspatch` first on PATH (and inherit
-    the launching environment, plus `env`)."""
+    """`nextflow run <repo> ...` as a user runs it: tasks find this venv's `atlaspatch` first on PATH and inherit
+    the launching environment (or `env`, a whole environment, when given)."""
+    base = dict(os.environ if env is None else env)
     env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        **base,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{base.get('PATH', '')}",
         "NXF_HOME": str(cwd / ".nxf-home"),
         "NXF_ANSI_LOG": "false",
-        **(env or {}),
     }
     if slides is not None:
         env["ATLASPATCH_TEST_DATA"] = str(slides)  # what -profile test reads its slides from
