@@ -1,7 +1,8 @@
 #!/usr/bin/env nextflow
 /*
  * atlaspatch-nf: whole-slide images -> tissue (SEGMENT) -> patch coordinates (TILE) [-> patch features
- * (EMBED_PATCHES, with --patch_encoders)], one task per slide and stage,
+ * (EMBED_PATCHES, with --patch_encoders or --slide_encoders)] [-> slide embeddings (ENCODE_SLIDE, with
+ * --slide_encoders)], one task per slide and stage,
  * each calling one `atlaspatch` stage command. Results land in ${params.outdir}/patches/<stem>.h5, the same layout
  * as the CLI's --output. A slide that fails is reported at the end and makes the run exit non-zero
  * (workflow.failOnIgnore), while every other slide still completes.
@@ -141,6 +142,12 @@ def checkFeatureParams() {
     }
     if( !(params.feature_num_workers instanceof Integer) || params.feature_num_workers < 0 ) {
         error("--feature_num_workers must be an integer >= 0, got '${params.feature_num_workers}'")
+    }
+    if( params.slide_encoders != null && params.slide_encoders != '' ) {
+        def names = params.slide_encoders instanceof CharSequence ? params.slide_encoders.toString().tokenize(', ') : []
+        if( !names ) error("--slide_encoders must name at least one slide encoder (comma-separated), got '${params.slide_encoders}'")
+        def repeated = names*.toLowerCase().countBy { n -> n }.findAll { _n, count -> count > 1 }.keySet()
+        if( repeated ) error("--slide_encoders names ${repeated.join(', ')} more than once")
     }
     def precisions = ['float32', 'float16', 'bfloat16']
     if( !(params.feature_precision?.toString()?.toLowerCase() in precisions) ) {

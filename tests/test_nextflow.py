@@ -351,3 +351,56 @@ def test_a_missing_model_dir_is_refused_before_any_task(tmp_path: Path, cmu_svs:
     assert result.returncode != 0
     assert "--model_dir no-such-models: no such directory" in result.output
     assert "Submitted process" not in result.output
+
+
+# --- ENCODE_SLIDE (stage 4, with --slide_encoders) -----------------------------------------------------------------
+
+RUN_DEPENDENT_EMBEDDING_ATTRS = {"creation_date", "seconds"}
+
+
+def test_encode_slide_matches_the_cli(tmp_path: Path, cmu_svs: Path, embed_model_dir: Path) -> None:
+    """SEGMENT -> TILE -> EMBED_PATCHES (features the slide encoder needs, resolved by the tool) -> ENCODE_SLIDE
+    gives the same H5 content as the in-process `atlaspatch encode-slide` on the same slide and weights."""
+    slide_encoder = f"mean-{ENCODER}"
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    (folder / cmu_svs.name).symlink_to(cmu_svs)
+    outdir = tmp_path / "results"
+    args = (
+        "-profile", "test", "--input", folder, "--outdir", outdir, "-work-dir", tmp_path / "work",
+        "--slide_encoders", slide_encoder, "--feature_plugin", EXAMPLE_PLUGIN, "--model_dir", embed_model_dir,
+        "--feature_precision", "float32", "--feature_num_workers", "1",
+    )  # fmt: skip
+    result = nextflow(tmp_path, *args, env=offline_env(tmp_path))
+    assert result.returncode == 0, result.output[-4000:]
+    cli = run_atlaspatch(
+        "encode-slide", cmu_svs, "-o", tmp_path / "cli", "--slide-encoders", slide_encoder, *GEOMETRY,
+        "--feature-plugin", EXAMPLE_PLUGIN, "--model-dir", embed_model_dir, "--feature-precision", "float32",
+        "--feature-num-workers", "1", env=offline_env(tmp_path),
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    rows = trace_rows(outdir)
+    assert sorted(r["process"] for r in rows) == [
+        "ATLASPATCH:EMBED_PATCHES", "ATLASPATCH:ENCODE_SLIDE", "ATLASPATCH:SEGMENT", "ATLASPATCH:TILE",
+    ]  # fmt: skip
+    assert [p.name for p in (outdir / "patches").iterdir()] == [f"{cmu_svs.stem}.h5"]
+    with (
+        h5py.File(outdir / "patches" / f"{cmu_svs.stem}.h5") as ours,
+        h5py.File(tmp_path / "cli" / "patches" / f"{cmu_svs.stem}.h5") as theirs,
+    ):
+        assert set(ours.keys()) == set(theirs.keys())
+        assert attrs(ours).keys() == attrs(theirs).keys()
+        assert all(same_value(v, theirs.attrs[k]) for k, v in attrs(ours).items())
+        assert np.array_equal(ours["coords"][()], theirs["coords"][()])
+        assert np.allclose(ours[f"features/{ENCODER}"][()], theirs[f"features/{ENCODER}"][()], atol=1e-4)
+        embedding = ours[f"slide_features/{slide_encoder}"]
+        reference = theirs[f"slide_features/{slide_encoder}"]
+        assert embedding.shape == (512,) and embedding.dtype == np.float32
+        assert np.allclose(embedding[()], reference[()], atol=1e-5)
+        skip = RUN_DEPENDENT_EMBEDDING_ATTRS | {"source_features_sha256"}  # the features' creation dates differ
+        assert {k: v for k, v in embedding.attrs.items() if k not in skip} == {
+            k: v for k, v in reference.attrs.items() if k not in skip
+        }
+    encode = next(r for r in rows if r["process"] == "ATLASPATCH:ENCODE_SLIDE")
+    script = (Path(encode["workdir"]) / ".command.sh").read_text()
+    assert f"--slide-encoders '{slide_encoder}'" in script and "--device cpu" in script

@@ -127,6 +127,9 @@ def test_gated_mentions_licence_step() -> None:
     assert "DIR/gated/weights.bin" in message
 
 
+ENTRY_NOT_FOUND = getattr(hf_errors, "RemoteEntryNotFoundError", hf_errors.EntryNotFoundError)  # hub 1.x / 0.x
+
+
 def _http_error(cls: type[Exception], status: int) -> Exception:
     response = SimpleNamespace(headers={}, request=None, status_code=status)
     return cls(f"{status} Client Error", response=response)
@@ -137,7 +140,7 @@ def _http_error(cls: type[Exception], status: int) -> Exception:
     [
         (_http_error(hf_errors.GatedRepoError, 403), "accept the licence"),
         (_http_error(hf_errors.RepositoryNotFoundError, 401), "not found or not accessible"),
-        (_http_error(hf_errors.RemoteEntryNotFoundError, 404), "no file model.pth"),
+        (_http_error(ENTRY_NOT_FOUND, 404), "no file model.pth"),
         (_http_error(hf_errors.HfHubHTTPError, 403), "access denied (HTTP 403)"),
         (hf_errors.LocalEntryNotFoundError("connection refused"), "hub is unreachable"),
         (ConnectionError("Name or service not known"), "Name or service not known"),

@@ -234,10 +234,18 @@ def tile(
 def embed_patches(
     slide: Annotated[Path, typer.Option("--slide", help="The slide the H5 was tiled on.")],
     h5: Annotated[Path, typer.Option("--h5", exists=True, dir_okay=False, help="Tiled H5 (never modified in place).")],
+    output: opt.Output,
     encoders: Annotated[
         str, typer.Option("--encoders", help="Patch encoders, comma- or space-separated (see `atlaspatch models`).")
-    ],
-    output: opt.Output,
+    ] = "",
+    slide_encoders: Annotated[
+        str,
+        typer.Option(
+            "--slide-encoders",
+            help="Also compute the patch features these slide encoders consume (as encode-slide does).",
+        ),
+    ] = "",
+    allow_mag_mismatch: opt.AllowMagMismatch = False,
     feature_device: opt.FeatureDevice = "cuda",
     feature_batch_size: opt.FeatureBatchSize = 32,
     feature_num_workers: opt.FeatureNumWorkers = 4,
@@ -262,7 +270,7 @@ def embed_patches(
             slide,
             h5,
             output,
-            parse_names(encoders, "--encoders"),
+            parse_names(encoders, "--encoders") if encoders.strip() else [],
             EmbedOptions(batch_size=feature_batch_size, num_workers=feature_num_workers, mpp=mpp),
             device=validate_device(feature_device, "--feature-device"),
             precision=feature_precision,
@@ -270,9 +278,142 @@ def embed_patches(
             plugins=tuple(str(path) for path in feature_plugin or ()),
             mpp_overrides=_mpp_overrides(mpp_csv),
             force=not skip_existing,
+            for_slide_encoders=parse_names(slide_encoders, "--slide-encoders") if slide_encoders.strip() else [],
+            allow_mag_mismatch=allow_mag_mismatch,
         )
         typer.echo(outcome)
         return 0
+
+    _guarded(run)
+
+
+@app.command("embed-slide")
+def embed_slide(
+    h5: Annotated[
+        Path,
+        typer.Option("--h5", exists=True, dir_okay=False, help="H5 with patch features (never modified in place)."),
+    ],
+    slide_encoders: opt.SlideEncoders,
+    output: opt.Output,
+    device: opt.SlideDevice = "cuda",
+    model_dir: opt.ModelDir = None,
+    feature_plugin: opt.FeaturePlugin = None,
+    allow_mag_mismatch: opt.AllowMagMismatch = False,
+    skip_existing: opt.SkipExisting = True,
+    verbose: opt.Verbose = False,
+) -> None:
+    """Stage 4 for one slide: slide_features/<encoder> from the H5's patch features into OUTPUT/patches/<stem>.h5."""
+    from .devices import validate_device
+    from .encoders.patch import parse_names
+    from .reporting import setup_logging
+    from .stages.commands import run_embed_slide_stage
+
+    def run() -> int:
+        setup_logging(verbose)
+        outcome = run_embed_slide_stage(
+            h5,
+            output,
+            parse_names(slide_encoders, "--slide-encoders"),
+            device=validate_device(device),
+            model_dir=model_dir,
+            plugins=tuple(str(path) for path in feature_plugin or ()),
+            force=not skip_existing,
+            allow_mag_mismatch=allow_mag_mismatch,
+        )
+        typer.echo(outcome)
+        return 0
+
+    _guarded(run)
+
+
+@app.command("encode-slide")
+def encode_slide(
+    wsi_path: Annotated[Path, typer.Argument(help="A slide file or a directory of slides.")],
+    output: opt.Output,
+    slide_encoders: opt.SlideEncoders,
+    patch_size: opt.PatchSize,
+    target_mag: opt.TargetMag,
+    step_size: opt.StepSize = None,
+    feature_device: opt.OptionalFeatureDevice = None,
+    feature_batch_size: opt.FeatureBatchSize = 32,
+    feature_num_workers: opt.FeatureNumWorkers = 4,
+    feature_precision: opt.FeaturePrecision = "float16",
+    feature_plugin: opt.FeaturePlugin = None,
+    device: opt.SlideDevice = "cuda",
+    segmenter: opt.Segmenter = "sam2",
+    model_dir: opt.ModelDir = None,
+    allow_mag_mismatch: opt.AllowMagMismatch = False,
+    tissue_thresh: opt.TissueThresh = 0.0,
+    white_thresh: opt.WhiteThresh = 15,
+    black_thresh: opt.BlackThresh = 50,
+    seg_batch_size: opt.SegBatchSize = 1,
+    write_batch: opt.WriteBatch = 8192,
+    patch_workers: opt.PatchWorkers = None,
+    max_open_slides: opt.MaxOpenSlides = 200,
+    fast_mode: opt.FastMode = True,
+    save_images: opt.SaveImages = False,
+    visualize_grids: opt.VisualizeGrids = False,
+    visualize_mask: opt.VisualizeMask = False,
+    visualize_contours: opt.VisualizeContours = False,
+    skip_existing: opt.SkipExisting = True,
+    recursive: opt.Recursive = False,
+    mpp_csv: opt.MppCsv = None,
+    verbose: opt.Verbose = False,
+) -> None:
+    """The whole pipeline per slide: tissue, patches, the patch features the slide encoders need, and the slide
+    embeddings in OUTPUT/patches/<stem>.h5 under slide_features/<encoder>, reusing whatever still matches."""
+    from .devices import validate_device
+    from .encode_slide import SUMMARY_COLUMNS, EncodeSlidePipeline, EncodeSlideRequest
+    from .encoders.patch import parse_names
+    from .pipeline import SegmentTileRequest
+    from .reporting import pipeline_progress, print_summary, setup_logging
+    from .slides.discovery import find_slides
+    from .stages.tile import TileOptions
+    from .tiling.geometry import validate_request
+    from .visualize import VisualizeOptions
+
+    def run() -> int:
+        setup_logging(verbose)
+        validate_request(patch_size, step_size, target_mag)
+        tiling = SegmentTileRequest(
+            output=output,
+            tile=TileOptions(
+                patch_size=patch_size,
+                step_size=step_size,
+                target_mag=target_mag,
+                tissue_thresh=tissue_thresh,
+                fast_mode=fast_mode,
+                white_thresh=white_thresh,
+                black_thresh=black_thresh,
+                write_batch=write_batch,
+                patch_workers=patch_workers,
+                save_images=save_images,
+            ),
+            segmenter=segmenter,
+            device=validate_device(device),
+            model_dir=model_dir,
+            seg_batch_size=seg_batch_size,
+            max_open_slides=max_open_slides,
+            force=not skip_existing,
+            mpp_overrides=_mpp_overrides(mpp_csv),
+            visualize=VisualizeOptions(grids=visualize_grids, mask=visualize_mask, contours=visualize_contours),
+        )
+        request = EncodeSlideRequest(
+            tiling=tiling,
+            slide_encoders=tuple(parse_names(slide_encoders, "--slide-encoders")),
+            feature_batch_size=feature_batch_size,
+            feature_num_workers=feature_num_workers,
+            feature_device=validate_device(feature_device, "--feature-device") if feature_device else None,
+            feature_precision=feature_precision,
+            feature_plugins=tuple(str(path) for path in feature_plugin or ()),
+            allow_mag_mismatch=allow_mag_mismatch,
+        )
+        pipeline = EncodeSlidePipeline(request)  # geometry and encoder names are checked before any slide
+        sources = find_slides(wsi_path, recursive)
+        checked = pipeline.preflight(sources)
+        with pipeline_progress() as progress:
+            outcomes = pipeline.run(sources, checked, progress)
+        return print_summary(outcomes, SUMMARY_COLUMNS)
 
     _guarded(run)
 

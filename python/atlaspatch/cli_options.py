@@ -169,3 +169,36 @@ FeaturePlugin = Annotated[
         rich_help_panel=FEAT,
     ),
 ]
+
+SLIDE = "Slide encoders"
+
+SlideEncoders = Annotated[
+    str,
+    typer.Option(
+        "--slide-encoders",
+        help="Slide encoders, comma- or space-separated: titan, prism, moozy, mean-<patch encoder>.",
+        rich_help_panel=SLIDE,
+    ),
+]
+SlideDevice = Annotated[
+    str,
+    typer.Option(
+        "--device", help="Device for tissue segmentation and slide encoders (cpu, cuda, cuda:N).", rich_help_panel=SLIDE
+    ),
+]
+OptionalFeatureDevice = Annotated[
+    str | None,
+    typer.Option(
+        "--feature-device",
+        help="Device for the upstream patch features [default: same as --device].",
+        rich_help_panel=FEAT,
+    ),
+]
+AllowMagMismatch = Annotated[
+    bool,
+    typer.Option(
+        "--allow-mag-mismatch",
+        help="Embed patches taken at a --target-mag other than the one the slide encoders were trained at.",
+        rich_help_panel=SLIDE,
+    ),
+]

@@ -1,5 +1,5 @@
 """Every model the tool can use, in one catalogue: what it is, where its weights come from, and whether they are
-on this machine. Built from the registries (segmenters, patch encoders incl. plugins; slide encoders join later)."""
+on this machine. Built from the registries: segmenters, patch encoders (incl. plugins) and slide encoders."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .encoders.slide.spec import SlideEncoderSpec
 from .errors import ConfigError
 from .weights import WeightsSource, find_local_weights, prefetch
 
@@ -48,16 +49,46 @@ def _patch_encoders(plugins: Sequence[Path | str]) -> list[CatalogueEntry]:
     ]
 
 
+def _slide_entry(spec: SlideEncoderSpec) -> CatalogueEntry:
+    return CatalogueEntry(
+        spec.name,
+        spec.kind,
+        spec.description,
+        spec.weights,
+        dim=spec.dim,
+        input=f"{spec.patch_encoder}: {spec.inputs}",
+        extract_at=spec.geometry,
+    )
+
+
+def _slide_encoders() -> list[CatalogueEntry]:
+    from .encoders.slide.registry import builtin_slide_specs
+
+    mean = CatalogueEntry(
+        "mean-<patch encoder>",
+        "slide encoder",
+        "mean of any patch encoder's features, e.g. mean-uni_v1 (no weights)",
+        None,
+        input="<patch encoder>: features",
+        extract_at="any",
+    )
+    return [_slide_entry(spec) for spec in builtin_slide_specs()] + [mean]
+
+
 def catalogue(plugins: Sequence[Path | str] = ()) -> list[CatalogueEntry]:
-    return _segmenters() + _patch_encoders(plugins)
+    return _segmenters() + _patch_encoders(plugins) + _slide_encoders()
 
 
 def entry(name: str, plugins: Sequence[Path | str] = ()) -> CatalogueEntry:
     known = {item.name: item for item in catalogue(plugins)}
-    try:
-        return known[name.lower()]
-    except KeyError:
-        raise ConfigError(f"unknown model {name!r}; `atlaspatch models` lists them: {', '.join(known)}") from None
+    key = name.lower()
+    if key in known:
+        return known[key]
+    if key.startswith("mean-"):
+        from .encoders.slide import slide_encoder_registry
+
+        return _slide_entry(slide_encoder_registry(plugins).get(key))
+    raise ConfigError(f"unknown model {name!r}; `atlaspatch models` lists them: {', '.join(known)}")
 
 
 def download(

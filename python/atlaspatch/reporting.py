@@ -60,6 +60,45 @@ def slide_progress(total: int, label: str = "slides") -> Iterator[Any]:
         yield advance
 
 
+class PipelineProgress:
+    """One bar per stage of a multi-stage run: slides tiled, patches embedded, slides embedded."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+
+    def slides(self, label: str, total: int) -> Any:
+        task = self._progress.add_task(label, total=total, last="")
+
+        def advance(outcome: Outcome) -> None:
+            self._progress.update(task, advance=1, last=f"{outcome.stem}: {outcome.status}")
+
+        return advance
+
+    def patches(self, label: str, total: int) -> Any:
+        task = self._progress.add_task(label, total=total, last="")
+
+        def advance(count: int) -> None:
+            self._progress.update(task, advance=count)
+
+        return advance
+
+
+@contextmanager
+def pipeline_progress(enabled: bool = True) -> Iterator[PipelineProgress]:
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[last]}"),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=False,
+        disable=not enabled,
+    )
+    with progress:
+        yield PipelineProgress(progress)
+
+
 def summary_table(outcomes: Sequence[Outcome], columns: Sequence[tuple[str, str]]) -> Table:
     """columns: (header, attribute) pairs shown between the slide name and the status."""
     table = Table(title="Per-slide summary", show_lines=False)

@@ -35,6 +35,9 @@ class WeightsSource:
     gated: bool = False
     licence: str = ""  # e.g. "CC-BY-NC-SA-4.0"
     revision: str | None = None
+    # A model that is a whole repository (config, remote code, weights): ``filename`` is its weights file, and
+    # the repository's other files travel with it (the model dir then holds a copy of the repo at DIR/<name>/).
+    snapshot: bool = False
 
     @property
     def url(self) -> str:
@@ -132,19 +135,32 @@ def _where_looked(source: WeightsSource, model_dir: Path | None) -> str:
     return " and ".join(places)
 
 
+# Other checkpoint formats a repository may carry besides the one we load: not fetched with a snapshot.
+_OTHER_WEIGHT_FORMATS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.safetensors")
+
+
 def _download(source: WeightsSource, model_dir: Path | None, **target: object) -> Path:
     """hf_hub_download with every hub/network failure turned into a one-line WeightsError."""
     import huggingface_hub
     from huggingface_hub import errors as hf_errors
 
+    token = os.environ.get("HF_TOKEN") or None
     try:
-        path = huggingface_hub.hf_hub_download(
-            repo_id=source.repo_id,
-            filename=source.filename,
-            revision=source.revision,
-            token=os.environ.get("HF_TOKEN") or None,
-            **target,
-        )
+        if source.snapshot:
+            repo = huggingface_hub.snapshot_download(
+                repo_id=source.repo_id,
+                revision=source.revision,
+                token=token,
+                ignore_patterns=[p for p in _OTHER_WEIGHT_FORMATS if not source.filename.endswith(p[1:])],
+                **target,
+            )
+            path = str(Path(repo) / source.filename)
+            if not Path(path).is_file():
+                raise hf_errors.EntryNotFoundError(f"{source.filename} not in {source.repo_id}")
+        else:
+            path = huggingface_hub.hf_hub_download(
+                repo_id=source.repo_id, filename=source.filename, revision=source.revision, token=token, **target
+            )
     except hf_errors.GatedRepoError:
         raise _error(source, model_dir, "are gated and this account has no access", gated=True) from None
     except hf_errors.RepositoryNotFoundError:
@@ -199,6 +215,9 @@ def prefetch(source: WeightsSource, model_dir: Path | None) -> Path:
             raise _error(source, model_dir, reason)
         cached = _download(source, model_dir, cache_dir=hub_cache_dir())
     try:
+        if source.snapshot:
+            _copy_repo(cached.parent, target.parent)
+            return target
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
@@ -211,6 +230,20 @@ def prefetch(source: WeightsSource, model_dir: Path | None) -> Path:
     except OSError as exc:
         raise WeightsError(f"cannot write {source.name} weights to {target} ({one_line(exc)})") from None
     return target
+
+
+def _copy_repo(snapshot: Path, target_dir: Path) -> None:
+    """Copy a cached repository snapshot to DIR/<name>/ through a temp dir, so a killed copy leaves no repo."""
+    target_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target_dir.name}.", suffix=".tmp", dir=target_dir.parent))
+    try:
+        shutil.copytree(snapshot, tmp, dirs_exist_ok=True)  # follows the cache's symlinks into blobs
+        if target_dir.exists():
+            shutil.rmtree(target_dir)
+        os.replace(tmp, target_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 _HASHES: dict[tuple[str, int, int], str] = {}

@@ -52,3 +52,10 @@ TISSUE_SEGMENTER = "segmenter"
 TISSUE_WEIGHTS = "segmenter_weights"
 TISSUE_DOWNSAMPLE = "downsample"  # (x, y) level-0 pixels per mask pixel
 TISSUE_MAGNIFICATION = "thumbnail_magnification"
+
+# Attributes of slide_features/<encoder>: AtlasPatch's six, then the fingerprint of the features it was computed
+# from (sha256 over the features dataset's shape and float32 bytes) and provenance.
+SLIDE_ENCODER_NAME = "encoder_name"
+SLIDE_SOURCE_PATCH_ENCODER = "source_patch_encoder"
+SLIDE_SOURCE_FEATURES = "source_features_sha256"
+SLIDE_REUSE_FIELDS = ("num_patches", "patch_size", "patch_size_level0", "target_magnification")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import h5py
 
-from ..errors import H5Error, ReuseConflict
+from ..errors import ConfigError, H5Error, ReuseConflict
 from ..h5 import schema
 from ..h5.atomic import atomic_h5, remove_leftover_temps
 from ..h5.inspect import describe_mismatches, geometry_mismatches, inspect_h5
@@ -17,7 +17,7 @@ from ..slides.discovery import find_slides, mpp_override_for
 from ..slides.reader import Slide, open_slide
 from ..tiling.geometry import plan_geometry
 from ..visualize import VisualizeOptions, write_visualizations
-from .embed_patches import EmbedOptions, check_slide_matches, embed_patches, missing_encoders, read_state
+from .embed_patches import EmbedOptions, check_slide_matches, embed_patches_locked, missing_encoders, read_state
 from .segment import read_tissue, segment_slides, write_segmentation_h5
 from .tile import TileOptions, export_patch_images, geometry_attrs, write_tiled_h5
 
@@ -127,13 +127,24 @@ def run_embed_patches_stage(
     plugins: tuple[str, ...] = (),
     mpp_overrides: dict[str, float] | None = None,
     force: bool = False,
+    for_slide_encoders: list[str] | None = None,
+    allow_mag_mismatch: bool = False,
 ) -> str:
-    from ..encoders.patch import patch_encoder_registry
+    """``for_slide_encoders``: also compute the features these slide encoders consume (their geometry is checked
+    against the H5 first), as encode-slide does."""
     from ..encoders.patch.loading import load_patch_encoder, require_weights
+    from ..encoders.slide import slide_encoder_registry
+    from .embed_slide import check_geometry
 
-    registry = patch_encoder_registry(plugins)
-    specs = [registry.get(name) for name in encoder_names]
+    slide_registry = slide_encoder_registry(plugins)
+    registry = slide_registry.patch_encoders
+    slide_specs = [slide_registry.get(name) for name in for_slide_encoders or ()]
+    wanted = list(dict.fromkeys([*encoder_names, *sorted({spec.patch_encoder for spec in slide_specs})]))
+    if not wanted:
+        raise ConfigError("name the patch encoders (--encoders) or the slide encoders they are for (--slide-encoders)")
+    specs = [registry.get(name) for name in wanted]
     state = read_state(h5_in)
+    check_geometry(state, slide_specs, allow_mag_mismatch)
     source = find_slides(slide_path)[0]
     mpp = options.mpp if options.mpp is not None else mpp_override_for(source.stem, mpp_overrides)
     options = EmbedOptions(options.batch_size, options.num_workers, mpp)
@@ -141,18 +152,56 @@ def run_embed_patches_stage(
     todo = missing_encoders(state, specs, force)
     for spec in todo:
         require_weights(spec, model_dir)  # every missing weights file is reported before any work
-    target = OutputLayout(output).h5(source.stem)
-    with SlideLock(OutputLayout(output).lock(source.stem), slide=source.stem, phase="embed-patches"):
-        remove_leftover_temps(target)
-        todo = missing_encoders(read_state(h5_in), specs, force)  # again: another run may have added some
-        computed = embed_patches(
-            source.path,
-            h5_in,
-            target,
-            todo,
-            lambda spec: load_patch_encoder(spec, device, precision, model_dir),
-            options,
-        )
+    layout = OutputLayout(output)
+    target = layout.h5(source.stem)
+    computed, reused = embed_patches_locked(
+        source.path,
+        h5_in,
+        target,
+        layout.lock(source.stem),
+        specs,
+        lambda spec: load_patch_encoder(spec, device, precision, model_dir),
+        options,
+        force,
+    )
     parts = [f"{name} {rows} patches embedded" for name, rows in computed.items()]
-    parts += [f"{spec.name} reused" for spec in specs if spec.name not in computed]
+    parts += [f"{name} reused" for name in reused]
     return f"{source.stem}: {', '.join(parts)} -> {target}"
+
+
+def run_embed_slide_stage(
+    h5_in: Path,
+    output: Path,
+    encoder_names: list[str],
+    device: str = "cuda",
+    model_dir: Path | None = None,
+    plugins: tuple[str, ...] = (),
+    force: bool = False,
+    allow_mag_mismatch: bool = False,
+) -> str:
+    from ..encoders.slide import slide_encoder_registry
+    from ..encoders.slide.loading import load_slide_encoder, require_slide_weights
+    from .embed_slide import check_geometry, embed_slide_locked, feature_dims, missing_embeddings, require_features
+
+    registry = slide_encoder_registry(plugins)
+    specs = [registry.get(name) for name in encoder_names]
+    dims = feature_dims(specs, registry.patch_encoders)
+    state = read_state(h5_in)
+    check_geometry(state, specs, allow_mag_mismatch)  # a wrong H5 is refused before any weights are looked for
+    require_features(state, specs, dims)
+    for spec in missing_embeddings(h5_in, specs, force):
+        require_slide_weights(spec, model_dir)  # every missing weights file is reported before any work
+    layout = OutputLayout(output)
+    stem = Path(h5_in).stem
+    result = embed_slide_locked(
+        h5_in,
+        layout.h5(stem),
+        layout.lock(stem),
+        specs,
+        dims,
+        lambda spec: load_slide_encoder(spec, device, model_dir),
+        force=force,
+        allow_mag_mismatch=allow_mag_mismatch,
+    )
+    parts = [f"{name} computed" for name in result.computed] + [f"{name} reused" for name in result.reused]
+    return f"{stem}: {', '.join(parts)} -> {layout.h5(stem)}"

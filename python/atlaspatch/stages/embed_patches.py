@@ -300,6 +300,31 @@ def embed_patches(
     return computed
 
 
+def embed_patches_locked(
+    slide_path: Path,
+    h5_in: Path,
+    h5_out: Path,
+    lock_path: Path,
+    specs: list[Any],
+    get_encoder: Callable[[Any], Any],
+    options: EmbedOptions,
+    force: bool = False,
+    on_batch: BatchCallback | None = None,
+) -> tuple[dict[str, int], list[str]]:
+    """embed_patches for the encoders still missing, under the slide's lock (stage command and pipeline).
+
+    Returns (rows per computed encoder, names reused).
+    """
+    from ..h5.atomic import remove_leftover_temps
+    from ..h5.locks import SlideLock
+
+    with SlideLock(lock_path, slide=Path(h5_out).stem, phase="embed-patches"):
+        remove_leftover_temps(h5_out)
+        todo = missing_encoders(read_state(h5_in), specs, force)  # under the lock: another run may have added some
+        computed = embed_patches(slide_path, h5_in, h5_out, todo, get_encoder, options, on_batch)
+    return computed, [spec.name for spec in specs if spec.name not in computed]
+
+
 def require_tiled(state: H5State) -> None:
     if not state.is_tiled:
         raise H5Error(f"{state.path} has no finished coords: run `atlaspatch tile` on the slide first")
