@@ -190,3 +190,45 @@ def test_embed_patches_computes_what_the_slide_encoders_need(tiled: dict[int, Pa
     refused = run_atlaspatch("embed-patches", "--slide", cmu_svs, "--h5", tiled[256], "-o", tmp_path / "out256",
                              "--slide-encoders", "moozy", "--feature-device", "cpu")  # fmt: skip
     assert refused.returncode == 2 and "moozy needs 224 px @ 20x patches" in refused.stderr
+
+
+@pytest.mark.parametrize(("encoder", "size", "patch_encoder", "width"), [
+    ("titan", 512, "conch_v15", 768),
+    ("prism", 224, "virchow_v1", 2560),
+])  # fmt: skip
+def test_titan_and_prism_through_the_stage_command(
+    cmu_svs: Path, tmp_path: Path, encoder: str, size: int, patch_encoder: str, width: int
+) -> None:
+    """Fixture repos in the official layouts under --model-dir: the stage hands the H5's features (and, for TITAN,
+    its level-0 coords and patch_size_level0) to the official method; the result equals a direct call."""
+    import torch
+
+    from slide_repos import load_fixture_model, write_prism_repo, write_titan_repo
+
+    tiled = run_atlaspatch("segment-and-get-coords", cmu_svs, "-o", tmp_path / "tiled", "--patch-size", str(size),
+                           *GEOMETRY)  # fmt: skip
+    assert tiled.returncode == 0, tiled.stderr
+    h5 = tmp_path / "tiled" / "patches" / f"{cmu_svs.stem}.h5"
+    features = add_features(h5, patch_encoder, width, seed=3)
+    repo = (write_titan_repo if encoder == "titan" else write_prism_repo)(tmp_path / "models" / encoder)
+    result = run_atlaspatch("embed-slide", "--h5", h5, "--slide-encoders", encoder, "-o", tmp_path / "out",
+                            "--model-dir", tmp_path / "models", "--device", "cpu",
+                            env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    model = load_fixture_model(repo)
+    with h5py.File(h5, "r") as handle, torch.inference_mode():
+        coords = torch.from_numpy(handle[schema.COORDS][:, :2].astype(np.int64))[None]
+        batch = torch.from_numpy(features)[None]
+        if encoder == "titan":
+            expected = model.encode_slide_from_patch_features(batch, coords, int(handle.attrs["patch_size_level0"]))
+        else:
+            expected = model.slide_representations(batch, tile_mask=None)["image_embedding"]
+    with h5py.File(tmp_path / "out" / "patches" / h5.name, "r") as handle:
+        embedding = handle[f"slide_features/{encoder}"]
+        assert embedding.shape == (768 if encoder == "titan" else 1280,) and embedding.dtype == np.float32
+        assert np.allclose(embedding[()], expected.float().numpy().reshape(-1), atol=1e-5)
+        assert embedding.attrs["source_patch_encoder"] == patch_encoder and embedding.attrs["precision"] == "float32"
+        assert (
+            embedding.attrs["weights_source"]
+            == f"{'MahmoodLab/TITAN' if encoder == 'titan' else 'paige-ai/Prism'}/model.safetensors"
+        )
