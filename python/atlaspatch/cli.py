@@ -5,13 +5,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from . import __version__
 from . import cli_options as opt
 from .errors import AtlasPatchError, one_line
+
+if TYPE_CHECKING:
+    from .pipeline import SegmentTileRequest
 
 app = typer.Typer(
     name="atlaspatch",
@@ -59,6 +62,64 @@ def _mpp_overrides(mpp_csv: Path | None) -> dict[str, float] | None:
     return read_mpp_csv(mpp_csv) if mpp_csv else None
 
 
+def _segment_tile_request(
+    output: Path,
+    patch_size: int,
+    step_size: int | None,
+    target_mag: int,
+    tissue_thresh: float,
+    fast_mode: bool,
+    white_thresh: int,
+    black_thresh: int,
+    write_batch: int,
+    patch_workers: int | None,
+    save_images: bool,
+    segmenter: str,
+    device: str,
+    model_dir: Path | None,
+    seg_batch_size: int,
+    max_open_slides: int,
+    skip_existing: bool,
+    mpp_csv: Path | None,
+    visualize_grids: bool,
+    visualize_mask: bool,
+    visualize_contours: bool,
+    **_other_options: object,
+) -> SegmentTileRequest:
+    """The segment + tile part of a whole-pipeline command, from its options (the same names in every command)."""
+    from .devices import validate_device
+    from .pipeline import SegmentTileRequest
+    from .stages.tile import TileOptions
+    from .tiling.geometry import validate_request
+    from .visualize import VisualizeOptions
+
+    validate_request(patch_size, step_size, target_mag)
+    tile = TileOptions(
+        patch_size=patch_size,
+        step_size=step_size,
+        target_mag=target_mag,
+        tissue_thresh=tissue_thresh,
+        fast_mode=fast_mode,
+        white_thresh=white_thresh,
+        black_thresh=black_thresh,
+        write_batch=write_batch,
+        patch_workers=patch_workers,
+        save_images=save_images,
+    )
+    return SegmentTileRequest(
+        output=output,
+        tile=tile,
+        segmenter=segmenter,
+        device=validate_device(device),
+        model_dir=model_dir,
+        seg_batch_size=seg_batch_size,
+        max_open_slides=max_open_slides,
+        force=not skip_existing,
+        mpp_overrides=_mpp_overrides(mpp_csv),
+        visualize=VisualizeOptions(grids=visualize_grids, mask=visualize_mask, contours=visualize_contours),
+    )
+
+
 @app.command("segment-and-get-coords")
 def segment_and_get_coords(
     wsi_path: Annotated[Path, typer.Argument(help="A slide file or a directory of slides.")],
@@ -87,40 +148,14 @@ def segment_and_get_coords(
     verbose: opt.Verbose = False,
 ) -> None:
     """Segment tissue and write patch coordinates for one slide or a directory of slides."""
-    from .devices import validate_device
-    from .pipeline import SegmentTilePipeline, SegmentTileRequest
+    options = dict(locals())
+    from .pipeline import SegmentTilePipeline
     from .reporting import print_summary, setup_logging, slide_progress
     from .slides.discovery import find_slides
-    from .stages.tile import TileOptions
-    from .tiling.geometry import validate_request
-    from .visualize import VisualizeOptions
 
     def run() -> int:
         setup_logging(verbose)
-        validate_request(patch_size, step_size, target_mag)
-        request = SegmentTileRequest(
-            output=output,
-            tile=TileOptions(
-                patch_size=patch_size,
-                step_size=step_size,
-                target_mag=target_mag,
-                tissue_thresh=tissue_thresh,
-                fast_mode=fast_mode,
-                white_thresh=white_thresh,
-                black_thresh=black_thresh,
-                write_batch=write_batch,
-                patch_workers=patch_workers,
-                save_images=save_images,
-            ),
-            segmenter=segmenter,
-            device=validate_device(device),
-            model_dir=model_dir,
-            seg_batch_size=seg_batch_size,
-            max_open_slides=max_open_slides,
-            force=not skip_existing,
-            mpp_overrides=_mpp_overrides(mpp_csv),
-            visualize=VisualizeOptions(grids=visualize_grids, mask=visualize_mask, contours=visualize_contours),
-        )
+        request = _segment_tile_request(**options)
         sources = find_slides(wsi_path, recursive)
         pipeline = SegmentTilePipeline(request)
         checked = pipeline.preflight(sources)
@@ -362,42 +397,16 @@ def encode_slide(
 ) -> None:
     """The whole pipeline per slide: tissue, patches, the patch features the slide encoders need, and the slide
     embeddings in OUTPUT/patches/<stem>.h5 under slide_features/<encoder>, reusing whatever still matches."""
+    options = dict(locals())
     from .devices import validate_device
     from .encode_slide import SUMMARY_COLUMNS, EncodeSlidePipeline, EncodeSlideRequest
     from .encoders.patch import parse_names
-    from .pipeline import SegmentTileRequest
     from .reporting import pipeline_progress, print_summary, setup_logging
     from .slides.discovery import find_slides
-    from .stages.tile import TileOptions
-    from .tiling.geometry import validate_request
-    from .visualize import VisualizeOptions
 
     def run() -> int:
         setup_logging(verbose)
-        validate_request(patch_size, step_size, target_mag)
-        tiling = SegmentTileRequest(
-            output=output,
-            tile=TileOptions(
-                patch_size=patch_size,
-                step_size=step_size,
-                target_mag=target_mag,
-                tissue_thresh=tissue_thresh,
-                fast_mode=fast_mode,
-                white_thresh=white_thresh,
-                black_thresh=black_thresh,
-                write_batch=write_batch,
-                patch_workers=patch_workers,
-                save_images=save_images,
-            ),
-            segmenter=segmenter,
-            device=validate_device(device),
-            model_dir=model_dir,
-            seg_batch_size=seg_batch_size,
-            max_open_slides=max_open_slides,
-            force=not skip_existing,
-            mpp_overrides=_mpp_overrides(mpp_csv),
-            visualize=VisualizeOptions(grids=visualize_grids, mask=visualize_mask, contours=visualize_contours),
-        )
+        tiling = _segment_tile_request(**options)
         request = EncodeSlideRequest(
             tiling=tiling,
             slide_encoders=tuple(parse_names(slide_encoders, "--slide-encoders")),

@@ -39,9 +39,8 @@ def setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-@contextmanager
-def slide_progress(total: int, label: str = "slides") -> Iterator[Any]:
-    progress = Progress(
+def _bars(enabled: bool) -> Progress:
+    return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -49,15 +48,14 @@ def slide_progress(total: int, label: str = "slides") -> Iterator[Any]:
         TimeElapsedColumn(),
         console=stderr,
         transient=False,
-        disable=total == 0,
+        disable=not enabled,
     )
-    with progress:
-        task = progress.add_task(label, total=total, last="")
 
-        def advance(outcome: Outcome) -> None:
-            progress.update(task, advance=1, last=f"{outcome.stem}: {outcome.status}")
 
-        yield advance
+@contextmanager
+def slide_progress(total: int, label: str = "slides") -> Iterator[Any]:
+    with _bars(total > 0) as progress:
+        yield PipelineProgress(progress).slides(label, total)
 
 
 class PipelineProgress:
@@ -85,17 +83,7 @@ class PipelineProgress:
 
 @contextmanager
 def pipeline_progress(enabled: bool = True) -> Iterator[PipelineProgress]:
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[last]}"),
-        TimeElapsedColumn(),
-        console=stderr,
-        transient=False,
-        disable=not enabled,
-    )
-    with progress:
+    with _bars(enabled) as progress:
         yield PipelineProgress(progress)
 
 
