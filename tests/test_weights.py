@@ -246,3 +246,50 @@ def test_models_command_lists_and_prefetches_through_the_cli(tmp_path: Path, iso
 
     unknown = run_atlaspatch("models", "download", "uni_v9", env=env)
     assert unknown.returncode == 2 and "unknown model 'uni_v9'" in unknown.stderr
+
+
+REPO_SOURCE = WeightsSource(
+    name="toyrepo", repo_id="Org/Toy-Slide", filename="model.safetensors", gated=True, licence="custom", snapshot=True
+)
+
+
+def test_a_whole_repository_is_fetched_as_a_snapshot_and_copied_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_hub: Path
+) -> None:
+    """Remote-code models (TITAN, PRISM): the hub gives the whole repository (code, config, the one weights file),
+    and `models download --model-dir` copies all of it to DIR/<name>/."""
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    calls: list[dict[str, object]] = []
+
+    def fake_snapshot(repo_id: str, **kwargs: object) -> str:
+        calls.append({"repo_id": repo_id, **kwargs})
+        for name, data in {"config.json": b"{}", "modeling_toy.py": b"# code\n", "model.safetensors": b"w"}.items():
+            put_in_hf_cache(isolated_hub, repo_id, name, data)
+        return str(isolated_hub / "models--Org--Toy-Slide" / "snapshots" / REVISION)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    path = resolve_weights(REPO_SOURCE)
+    assert path.name == "model.safetensors" and (path.parent / "modeling_toy.py").is_file()
+    (call,) = calls
+    assert call["repo_id"] == "Org/Toy-Slide" and call["cache_dir"] == isolated_hub
+    assert "*.bin" in call["ignore_patterns"] and "*.safetensors" not in call["ignore_patterns"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    copied = prefetch(REPO_SOURCE, tmp_path / "models")
+    assert copied == tmp_path / "models" / "toyrepo" / "model.safetensors"
+    assert sorted(p.name for p in copied.parent.iterdir()) == ["config.json", "model.safetensors", "modeling_toy.py"]
+    assert not any(p.is_symlink() for p in copied.parent.iterdir())  # real files, not links into the cache
+    assert find_local_weights(REPO_SOURCE, tmp_path / "models") == copied
+
+
+def test_a_gated_repository_snapshot_fails_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+
+    def gated(*args: object, **kwargs: object) -> str:
+        raise _http_error(hf_errors.GatedRepoError, 403)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", gated)
+    with pytest.raises(WeightsError) as caught:
+        resolve_weights(REPO_SOURCE)
+    message = str(caught.value)
+    assert "toyrepo weights (Org/Toy-Slide/model.safetensors) are gated" in message and "\n" not in message
+    assert "accept the licence (custom) at https://huggingface.co/Org/Toy-Slide and set HF_TOKEN" in message
