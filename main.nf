@@ -9,6 +9,7 @@
  */
 
 include { ATLASPATCH } from './workflows/atlaspatch'
+include { PREFLIGHT  } from './modules/local/preflight/main'
 
 /*
  * Slide discovery: the same rules as the CLI (python/atlaspatch/slides/discovery.py). Supported extensions,
@@ -98,6 +99,58 @@ def findSlides(String input, boolean recursive) {
         error("slides with the same stem would write the same H5 (${listing}); rename or split the run")
     }
     return sources
+}
+
+/*
+ * --help: the parameters of nextflow_schema.json, grouped as there, with their defaults.
+ */
+def helpText() {
+    def schema = new groovy.json.JsonSlurper().parse(file("${projectDir}/nextflow_schema.json").toFile())
+    def lines  = ["Usage: nextflow run ${projectDir} --input SLIDES --outdir OUT --patch_size 224 --target_mag 20 [options]",
+                  "       nextflow run ${projectDir} -params-file params.yaml [-profile test|docker|singularity|gpu|slurm|...]", '']
+    schema['$defs'].each { _key, group ->
+        lines << "${group.title}:"
+        group.properties.findAll { _name, prop -> !prop.hidden }.each { name, prop ->
+            def required = name in (group.required ?: []) ? ' (required)' : ''
+            def deflt    = prop.containsKey('default') ? " [default: ${prop.default}]" : ''
+            lines << "  --${name.padRight(22)} ${prop.description}${required}${deflt}"
+        }
+        lines << ''
+    }
+    return lines.join('\n')
+}
+
+/*
+ * The run's parameters for PREFLIGHT, as JSON. The report suffix (the start time) is left out so that an unchanged
+ * run stays cached under -resume.
+ */
+def paramsJson() {
+    def skip = ['trace_report_suffix', 'help']
+    return groovy.json.JsonOutput.toJson(params.findAll { k, _v -> !(k in skip) }.collectEntries { k, v ->
+        [k, v instanceof CharSequence ? v.toString() : v]
+    })
+}
+
+/*
+ * --input samplesheet.csv (assets/schema_input.json): id,slide[,mpp]. The id names the slide's outputs; relative
+ * slide paths start at the samplesheet's folder. Existence is checked here, on the launching machine; the rows'
+ * form (id characters, mpp a positive number, unique ids) by PREFLIGHT against the schema.
+ */
+def isSamplesheet(String input) {
+    return input.toLowerCase().endsWith('.csv')
+}
+
+def readSamplesheet(String input) {
+    Path sheet = file(input)
+    if( !java.nio.file.Files.isRegularFile(sheet) ) error("--input ${input}: no such samplesheet")
+    def rows = sheet.splitCsv(header: true, strip: true)
+    if( !rows ) error("--input ${input}: the samplesheet has no rows (columns: id,slide[,mpp])")
+    return rows.withIndex().collect { row, i ->
+        if( !row.slide ) error("--input ${input} row ${i + 2}: no slide (columns: id,slide[,mpp])")
+        Path slide = sheet.toAbsolutePath().parent.resolve(row.slide.toString()).normalize()
+        if( !java.nio.file.Files.exists(slide) ) error("--input ${input} row ${i + 2}: slide ${row.slide} does not exist")
+        [path: slide, stem: (row.id ?: '').toString(), mpp: row.mpp ? row.mpp.toString() : null]
+    }
 }
 
 def checkParams() {
@@ -202,6 +255,11 @@ def summarise(run) {
         def n = run.stats.ignoredCount
         if( n ) log.warn "atlaspatch-nf: ${n} task(s) failed and were ignored (no trace file to name them)"
     }
+    else if( failed.any { t -> t.process == 'PREFLIGHT' } ) {
+        def t = failed.find { t -> t.process == 'PREFLIGHT' }
+        log.error "atlaspatch-nf: the parameters were refused before any slide was processed:\n  ${t.reason}\n" +
+                  "Run with --help for the parameters and their types."
+    }
     else if( failed ) {
         def failedSlides = failed*.tag.unique()
         def text = failed.collect { t ->
@@ -220,17 +278,42 @@ def summarise(run) {
 workflow {
 
     main:
+    if( params.help ) {
+        log.info helpText()
+        exit 0
+    }
     checkParams()
-    def slides = findSlides(params.input.toString(), params.recursive as boolean)
+    def sheet  = isSamplesheet(params.input.toString())
+    def slides = sheet ? readSamplesheet(params.input.toString()) : findSlides(params.input.toString(), params.recursive as boolean)
     log.info "atlaspatch-nf: ${slides.size()} slide(s) from ${params.input} -> ${params.outdir}"
 
-    ch_slides = channel.fromList(slides.collect { s -> [[id: s.stem], s.path] })
     mpp_csv   = params.mpp_csv ? file(params.mpp_csv, checkIfExists: true) : []
     // EMBED_PATCHES stages these into its tasks (paths, not --model-dir strings), so tasks need no network
     model_dir = params.model_dir ? file(params.model_dir, checkIfExists: true, type: 'dir') : []
     plugins   = featurePlugins().files.collect { f -> file(f, checkIfExists: true) }
 
-    ATLASPATCH ( ch_slides, mpp_csv, model_dir, plugins )
+    // Every slide task waits for the parameters to pass the schema (PREFLIGHT); its output is not an input of
+    // theirs, so re-validating never invalidates their -resume cache.
+    PREFLIGHT (
+        paramsJson(),
+        file("${projectDir}/nextflow_schema.json", checkIfExists: true),
+        plugins,
+        sheet ? file(params.input) : [],
+        file("${projectDir}/assets/schema_input.json", checkIfExists: true)
+    )
+    ch_slides = channel.fromList(slides.collect { s -> [[id: s.stem] + (s.mpp ? [mpp: s.mpp] : [:]), s.path] })
+        .combine(PREFLIGHT.out.ok)
+        .map { meta, slide, _ok -> [meta, slide] }
+
+    // Outdir reuse: without -resume (whose cache already covers it) and without --force, an H5 that an earlier run
+    // published for a slide is where that slide starts from; every stage then reuses what still matches it.
+    def pickUp = !workflow.resume && !params.force
+    ch_previous = channel.fromList(slides.collect { s ->
+        def published = file("${params.outdir}/patches/${s.stem}.h5")
+        [[id: s.stem] + (s.mpp ? [mpp: s.mpp] : [:]), pickUp && published.exists() ? published : []]
+    })
+
+    ATLASPATCH ( ch_slides, ch_previous, mpp_csv, model_dir, plugins )
 
     // Summary of failed slides; the run's exit status is non-zero through workflow.failOnIgnore (nextflow.config).
     def run = workflow   // inside the handler closure `workflow` does not resolve to the run's metadata

@@ -62,12 +62,14 @@ def nextflow(
     return result
 
 
-def trace_rows(outdir: Path) -> list[dict[str, str]]:
-    """The newest run's trace (pipeline_info/execution_trace_<timestamp>.txt, tab-separated)."""
+def trace_rows(outdir: Path, preflight: bool = False) -> list[dict[str, str]]:
+    """The newest run's trace (pipeline_info/execution_trace_<timestamp>.txt, tab-separated): the slide tasks, and
+    the PREFLIGHT parameter check only when asked for."""
     traces = sorted((outdir / "pipeline_info").glob("execution_trace_*.txt"), key=lambda p: p.stat().st_mtime)
     assert traces, f"no trace file under {outdir / 'pipeline_info'}"
     with traces[-1].open(newline="") as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    return [row for row in rows if preflight or row["process"] != "PREFLIGHT"]
 
 
 def attrs(handle: h5py.File) -> dict[str, object]:
@@ -404,3 +406,182 @@ def test_encode_slide_matches_the_cli(tmp_path: Path, cmu_svs: Path, embed_model
     encode = next(r for r in rows if r["process"] == "ATLASPATCH:ENCODE_SLIDE")
     script = (Path(encode["workdir"]) / ".command.sh").read_text()
     assert f"--slide-encoders '{slide_encoder}'" in script and "--device cpu" in script
+
+
+# --- parameters: --help, the PREFLIGHT schema check, -params-file -------------------------------------------------
+
+
+def test_help_prints_the_parameters(tmp_path: Path) -> None:
+    result = nextflow(tmp_path, "--help")
+    assert result.returncode == 0, result.output[-4000:]
+    for text in ("Usage: nextflow run", "Tiling options:", "--patch_size", "(required)", "--slide_encoders",
+                 "[default: float16]"):  # fmt: skip
+        assert text in result.output, result.output
+    assert "Submitted process" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--segmentr", "otsu", "--tissue_thresh", "3"),
+         "--segmentr is not a parameter of this pipeline (did you mean --segmenter?); --tissue_thresh 3 must be <= 1"),
+        (("--slide_encoders", "titan,prism"), "titan (512 px @ 20x) and prism (224 px @ 20x) need different patch"),
+    ],
+)  # fmt: skip
+def test_bad_parameters_stop_the_run_before_any_slide_task(
+    tmp_path: Path, cmu_svs: Path, extra: tuple[str, ...], message: str
+) -> None:
+    outdir = tmp_path / "results"
+    args = ("-profile", "test", "--input", cmu_svs, "--outdir", outdir, "-work-dir", tmp_path / "work", *extra)
+    result = nextflow(tmp_path, *args)
+    assert result.returncode != 0
+    assert "the parameters were refused before any slide was processed" in result.output
+    assert message in result.output, result.output[-3000:]
+    assert "Traceback" not in result.output
+    rows = trace_rows(outdir, preflight=True)
+    assert [(r["process"], r["status"]) for r in rows] == [("PREFLIGHT", "FAILED")]
+    assert not (outdir / "patches").exists()
+
+
+def test_a_params_file_run(tmp_path: Path, cmu_svs: Path) -> None:
+    """`-params-file` YAML: its values reach the stages (256-px patches) and pass the PREFLIGHT check."""
+    outdir = tmp_path / "results"
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        f"input: '{cmu_svs}'\noutdir: '{outdir}'\npatch_size: 256\ntarget_mag: 20\nsegmenter: otsu\ndevice: cpu\n"
+        "tissue_thresh: 0.25\nvisualize_grids: true\n"
+    )
+    result = nextflow(tmp_path, "-profile", "test", "-params-file", params, "-work-dir", tmp_path / "work")
+    assert result.returncode == 0, result.output[-4000:]
+    with h5py.File(outdir / "patches" / f"{cmu_svs.stem}.h5") as handle:
+        assert handle.attrs["patch_size"] == 256 and handle.attrs["tissue_thresh"] == 0.25
+    assert (outdir / "visualization" / f"{cmu_svs.stem}.png").exists()
+    status = {r["process"]: r["status"] for r in trace_rows(outdir, preflight=True)}
+    assert status == {"PREFLIGHT": "COMPLETED", "ATLASPATCH:SEGMENT": "COMPLETED", "ATLASPATCH:TILE": "COMPLETED"}
+
+
+# --- --input samplesheet.csv (id,slide[,mpp]) ---------------------------------------------------------------------
+
+
+def test_a_samplesheet_run(tmp_path: Path, cmu_svs: Path, cmu_pyramid: Path, cmu_dicom: Path) -> None:
+    """Rows name their outputs by id (a DICOM series folder included), relative paths start at the sheet's folder,
+    and an mpp column overrides the slide's; the H5 content equals a directory run's."""
+    (tmp_path / "sheets").mkdir()
+    (tmp_path / "sheets" / "local.svs").symlink_to(cmu_svs)
+    sheet = tmp_path / "sheets" / "samplesheet.csv"
+    sheet.write_text(f"id,slide,mpp\ncase01,local.svs,\ncase02,{cmu_pyramid},0.25\ncase03,{cmu_dicom},\n")
+    outdir = tmp_path / "results"
+    args = ("-profile", "test", "--input", sheet, "--outdir", outdir, "-work-dir", tmp_path / "work")
+    result = nextflow(tmp_path, *args)
+    assert result.returncode == 0, result.output[-4000:]
+    assert sorted(p.name for p in (outdir / "patches").iterdir()) == ["case01.h5", "case02.h5", "case03.h5"]
+    reference = tmp_path / "cli"
+    cli = run_atlaspatch("segment-and-get-coords", cmu_svs, "-o", reference, *GEOMETRY)
+    assert cli.returncode == 0, cli.stderr
+    with (
+        h5py.File(outdir / "patches" / "case01.h5") as ours,
+        h5py.File(reference / "patches" / f"{cmu_svs.stem}.h5") as theirs,
+    ):
+        assert np.array_equal(ours["coords"][()], theirs["coords"][()])
+        assert ours.attrs["wsi_path"] == str(cmu_svs.resolve())
+    with h5py.File(outdir / "patches" / "case02.h5") as handle:
+        assert handle.attrs["mpp"] == 0.25  # the samplesheet's mpp, not the slide's 0.499
+        assert handle.attrs["patch_size_level0"] != 224  # level 0 is now 40x: 448 px per 20x patch
+    with h5py.File(outdir / "patches" / "case03.h5") as handle:
+        assert handle["coords"].shape[0] > 50
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ("id,slide\ncase 1,{slide}\n", "row 2 id: id must start with a letter or digit"),
+        ("id,slide\ncase1,{slide}\ncase1,{slide}\n", "id 'case1' is used by more than one row"),
+        ("id,slide,mpp\ncase1,{slide},-1\n", "row 2 mpp: mpp must be a positive number"),
+    ],
+)
+def test_a_bad_samplesheet_stops_the_run_before_any_slide_task(
+    tmp_path: Path, cmu_svs: Path, rows: str, message: str
+) -> None:
+    sheet = tmp_path / "samplesheet.csv"
+    sheet.write_text(rows.format(slide=cmu_svs))
+    outdir = tmp_path / "results"
+    result = nextflow(tmp_path, "-profile", "test", "--input", sheet, "--outdir", outdir, "-work-dir", tmp_path / "w")
+    assert result.returncode != 0
+    assert message in result.output, result.output[-3000:]
+    assert [r["process"] for r in trace_rows(outdir, preflight=True)] == ["PREFLIGHT"]
+
+
+def test_a_samplesheet_with_a_missing_slide_is_refused_at_once(tmp_path: Path) -> None:
+    sheet = tmp_path / "samplesheet.csv"
+    sheet.write_text("id,slide\ncase1,nowhere.svs\n")
+    result = nextflow(tmp_path, "-profile", "test", "--input", sheet, "--outdir", tmp_path / "results")
+    assert result.returncode != 0
+    assert f"--input {sheet} row 2: slide nowhere.svs does not exist" in result.output
+    assert "Submitted process" not in result.output
+
+
+# --- outdir reuse across separate runs ---------------------------------------------------------------------------
+
+
+def test_outdir_reuse_across_separate_runs(tmp_path: Path, cmu_svs: Path, embed_model_dir: Path) -> None:
+    """A second run (no -resume, a fresh work dir) starts from the H5 the first one published: the features are
+    reused and only the slide embedding is computed; a run with other geometry is refused for that slide and leaves
+    the published H5 as it was."""
+    outdir = tmp_path / "results"
+    common = (
+        "-profile", "test", "--input", cmu_svs, "--outdir", outdir, "--feature_plugin", EXAMPLE_PLUGIN,
+        "--model_dir", embed_model_dir, "--feature_precision", "float32", "--feature_num_workers", "1",
+    )  # fmt: skip
+    h5 = outdir / "patches" / f"{cmu_svs.stem}.h5"
+    first = nextflow(tmp_path, *common, "--patch_encoders", ENCODER, "-work-dir", tmp_path / "w1",
+                     env=offline_env(tmp_path))  # fmt: skip
+    assert first.returncode == 0, first.output[-4000:]
+    with h5py.File(h5) as handle:
+        made = handle[f"features/{ENCODER}"].attrs["creation_date"]
+        features = handle[f"features/{ENCODER}"][()]
+        assert "slide_features" not in handle
+    second = nextflow(tmp_path, *common, "--slide_encoders", f"mean-{ENCODER}", "-work-dir", tmp_path / "w2",
+                      env=offline_env(tmp_path))  # fmt: skip
+    assert second.returncode == 0, second.output[-4000:]
+    with h5py.File(h5) as handle:
+        assert handle[f"features/{ENCODER}"].attrs["creation_date"] == made  # reused, not recomputed
+        embedding = handle[f"slide_features/mean-{ENCODER}"][()]
+        assert np.allclose(embedding, features.astype(np.float64).mean(axis=0), atol=1e-6)
+    logs = {r["process"]: (Path(r["workdir"]) / ".command.out").read_text() for r in trace_rows(outdir)}
+    assert "tissue already segmented with otsu, reused" in logs["ATLASPATCH:SEGMENT"]
+    assert "patches reused" in logs["ATLASPATCH:TILE"]
+    assert f"{ENCODER} reused" in logs["ATLASPATCH:EMBED_PATCHES"]
+    assert f"mean-{ENCODER} computed" in logs["ATLASPATCH:ENCODE_SLIDE"]
+    before = h5.read_bytes()
+    third = nextflow(tmp_path, *common, "--patch_size", "256", "-work-dir", tmp_path / "w3", env=offline_env(tmp_path))
+    assert third.returncode != 0
+    assert "was tiled with other settings (patch_size 224 (file) != 256 (requested)" in third.output
+    assert h5.read_bytes() == before
+
+
+def test_stub_run_of_the_whole_dag(tmp_path: Path, cmu_svs: Path) -> None:
+    """-stub-run with every stage on: PREFLIGHT -> SEGMENT -> TILE -> EMBED_PATCHES -> ENCODE_SLIDE, wired."""
+    outdir = tmp_path / "results"
+    args = ("-profile", "test", "-stub-run", "--input", cmu_svs, "--outdir", outdir, "-work-dir", tmp_path / "work",
+            "--patch_encoders", "uni_v1", "--slide_encoders", "moozy")  # fmt: skip
+    result = nextflow(tmp_path, *args)
+    assert result.returncode == 0, result.output[-4000:]
+    assert sorted(r["process"] for r in trace_rows(outdir, preflight=True)) == [
+        "ATLASPATCH:EMBED_PATCHES", "ATLASPATCH:ENCODE_SLIDE", "ATLASPATCH:SEGMENT", "ATLASPATCH:TILE", "PREFLIGHT",
+    ]  # fmt: skip
+    assert [p.name for p in (outdir / "patches").iterdir()] == [f"{cmu_svs.stem}.h5"]
+
+
+def test_resume_after_a_feature_option_change_reruns_only_the_downstream_stages(embed_run) -> None:
+    """-resume with another --feature_batch_size: SEGMENT and TILE stay cached, EMBED_PATCHES runs again."""
+    tmp, args, first = embed_run
+    assert first.returncode == 0, first.output[-4000:]
+    result = nextflow(tmp, *args, "--feature_batch_size", "16", "-resume", env=offline_env(tmp))
+    assert result.returncode == 0, result.output[-4000:]
+    status = {r["process"]: r["status"] for r in trace_rows(tmp / "results", preflight=True)}
+    assert status == {
+        "PREFLIGHT": "COMPLETED",  # the parameters changed, so they are checked again
+        "ATLASPATCH:SEGMENT": "CACHED",
+        "ATLASPATCH:TILE": "CACHED",
+        "ATLASPATCH:EMBED_PATCHES": "COMPLETED",
+    }

@@ -16,12 +16,13 @@ workflow ATLASPATCH {
 
     take:
     ch_slides   // channel: [ val(meta), path(slide) ]   (a slide file or a DICOM series folder)
+    ch_previous // channel: [ val(meta), path(h5) or [] ] the H5 an earlier run published for the slide, to reuse
     mpp_csv     // value:   path(csv) or [] (no --mpp-csv)
     model_dir   // value:   path(dir) or [] (no --model_dir): weights for SEGMENT/EMBED_PATCHES/ENCODE_SLIDE
     plugins     // value:   [ path(py), ... ] or [] (no --feature_plugin): files registering patch encoders
 
     main:
-    SEGMENT ( ch_slides, model_dir, mpp_csv )
+    SEGMENT ( ch_slides.join(ch_previous), model_dir, mpp_csv )
     TILE    ( ch_slides.join(SEGMENT.out.h5), mpp_csv )
 
     ch_h5 = TILE.out.h5

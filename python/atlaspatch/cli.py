@@ -177,6 +177,15 @@ def segment(
     mpp_csv: opt.MppCsv = None,
     visualize_mask: opt.VisualizeMask = False,
     visualize_contours: opt.VisualizeContours = False,
+    previous: Annotated[
+        Path | None,
+        typer.Option(
+            "--h5",
+            exists=True,
+            dir_okay=False,
+            help="An earlier H5 of this slide to start from (never modified): what still matches is reused.",
+        ),
+    ] = None,
     skip_existing: opt.SkipExisting = True,
     verbose: opt.Verbose = False,
 ) -> None:
@@ -197,6 +206,7 @@ def segment(
             force=not skip_existing,
             visualize_mask=visualize_mask,
             visualize_contours=visualize_contours,
+            previous=previous,
         )
         typer.echo(outcome)
         return 0
@@ -423,6 +433,42 @@ def encode_slide(
         with pipeline_progress() as progress:
             outcomes = pipeline.run(sources, checked, progress)
         return print_summary(outcomes, SUMMARY_COLUMNS)
+
+    _guarded(run)
+
+
+@app.command("check-params")
+def check_params(
+    params_json: Annotated[Path, typer.Argument(help="The pipeline run's parameters as JSON.", dir_okay=False)],
+    schema: Annotated[Path, typer.Option("--schema", help="nextflow_schema.json", dir_okay=False)],
+    feature_plugin: opt.FeaturePlugin = None,
+    samplesheet: Annotated[
+        Path | None, typer.Option("--samplesheet", help="The --input samplesheet CSV (id,slide[,mpp]).")
+    ] = None,
+    input_schema: Annotated[
+        Path | None, typer.Option("--input-schema", help="assets/schema_input.json (with --samplesheet).")
+    ] = None,
+    slides_root: Annotated[
+        Path | None, typer.Option("--slides-root", help="Also check that each slide exists (relative paths from here).")
+    ] = None,
+) -> None:
+    """Pipeline pre-flight: every parameter declared in the schema and well typed, slide encoders compatible, and
+    the samplesheet's rows valid."""
+    from .errors import ConfigError
+    from .preflight import check_params as check
+    from .preflight import read_json
+
+    def run() -> int:
+        params = read_json(params_json, "parameters file")
+        sheet = None
+        if samplesheet is not None:
+            if input_schema is None:
+                raise ConfigError("--samplesheet needs --input-schema (assets/schema_input.json)")
+            sheet = (samplesheet, read_json(input_schema, "samplesheet schema"), slides_root)
+        plugins = tuple(str(path) for path in feature_plugin or ())
+        check(params, read_json(schema, "schema"), plugins, sheet)
+        typer.echo(f"parameters OK ({len(params)} checked against {schema.name})")
+        return 0
 
     _guarded(run)
 

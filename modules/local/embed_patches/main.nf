@@ -17,6 +17,10 @@ process EMBED_PATCHES {
     task.ext.when == null || task.ext.when
 
     script:
+    // The slide as the tool sees it: named after meta.id (a samplesheet id may differ from the file's stem), so the
+    // H5 is patches/<id>.h5. A samplesheet mpp overrides the slide's.
+    def suffix = slide.name.lastIndexOf('.') > 0 ? slide.name.substring(slide.name.lastIndexOf('.')) : ''
+    def mppArg = meta.mpp ? "--mpp ${meta.mpp}" : ''
     // The staged input H5 (<stem>.h5 at the task root) is never modified: the tool writes a new
     // patches/<stem>.h5 that starts as a copy of it plus features/<encoder> (copy-on-write between stages).
     // The model dir and plugin files are staged under their own folders, so no name of theirs can clash with the
@@ -26,13 +30,16 @@ process EMBED_PATCHES {
     def plugin  = [plugins].flatten().collect { p -> "--feature-plugin '${p}'" }.join(' ')
     def mpp     = mpp_csv ? "--mpp-csv '${mpp_csv}'" : ''
     """
+    if [ -d '${slide}' ]; then wsi='${meta.id}'; else wsi='${meta.id}${suffix}'; fi
+    [ "\$wsi" = '${slide}' ] || ln -sfn '${slide}' "\$wsi"
     atlaspatch embed-patches \\
-        --slide '${slide}' \\
+        --slide "\$wsi" \\
         --h5 '${h5}' \\
         --output . \\
         ${models} \\
         ${plugin} \\
         ${mpp} \\
+        ${mppArg} \\
         ${args}
 
     cat <<-END_VERSIONS > versions.yml

@@ -28,6 +28,22 @@ def _open_one(slide_path: Path, mpp: float | None, mpp_overrides: dict[str, floa
     return open_slide(source.path, source.stem, override)
 
 
+def start_from_previous(previous: Path, target: Path, slide: Slide) -> None:
+    """Copy an earlier H5 of this slide to the target (never modifying it); one made from another slide is refused."""
+    state = inspect_h5(previous)
+    if not state.exists:
+        raise H5Error(f"{previous} does not exist")
+    expected = (state.attrs.get("level0_width"), state.attrs.get("level0_height"))
+    if None not in expected and tuple(int(v) for v in expected) != tuple(slide.dimensions):
+        raise ReuseConflict(
+            f"{previous.name} was made from a {expected[0]}x{expected[1]} px slide, not this "
+            f"{slide.dimensions[0]}x{slide.dimensions[1]} px one; use --force or another output"
+        )
+    if Path(previous).resolve() != Path(target).resolve():
+        with atomic_h5(target, start_from=previous):
+            pass
+
+
 def run_segment_stage(
     slide_path: Path,
     output: Path,
@@ -39,12 +55,17 @@ def run_segment_stage(
     force: bool = False,
     visualize_mask: bool = False,
     visualize_contours: bool = False,
+    previous: Path | None = None,
 ) -> str:
+    """``previous``: an earlier H5 of this slide (e.g. the one a pipeline run published) that the output starts
+    from, so everything in it that still matches is reused by this and the later stages (ignored with force)."""
     layout = OutputLayout(output)
     with _open_one(slide_path, mpp, mpp_overrides) as slide:
         target = layout.h5(slide.stem)
         with SlideLock(layout.lock(slide.stem), slide=slide.stem, phase="segment"):
             remove_leftover_temps(target)
+            if previous is not None and not force:
+                start_from_previous(previous, target, slide)
             state = None if force else inspect_h5(target)
             if state is not None and state.has_tissue:
                 if state.tissue_attrs.get(schema.TISSUE_SEGMENTER) == segmenter:
