@@ -13,6 +13,9 @@ from ..errors import H5Error
 from . import schema
 from .attrs import read_attrs
 
+# a broken file is never replaced unasked: the user keeps it for inspection and decides
+REBUILD_ADVICE = "move it aside to rebuild this slide (or re-run with --force, which rebuilds every slide)"
+
 
 @dataclass
 class H5State:
@@ -44,8 +47,8 @@ def _num_patches(handle: h5py.File, attrs: Mapping[str, Any]) -> int | None:
     if schema.COORDS not in handle:
         return None
     coords = handle[schema.COORDS]
-    if coords.ndim != 2 or coords.shape[1] < 2:
-        raise H5Error(f"coords has shape {coords.shape}, expected (N, 5)")
+    if coords.ndim != 2 or coords.shape[1] != schema.COORDS_COLUMNS:
+        raise H5Error(f"coords has shape {coords.shape}, expected (N, {schema.COORDS_COLUMNS})")
     if schema.NUM_PATCHES not in attrs:
         return None
     declared = int(attrs[schema.NUM_PATCHES])
@@ -73,11 +76,11 @@ def inspect_h5(path: Path) -> H5State:
             if schema.SLIDE_FEATURES in handle:
                 state.slide_features = sorted(handle[schema.SLIDE_FEATURES].keys())
     except H5Error as exc:
-        raise H5Error(f"existing {path.name} is malformed ({exc}); re-run with --force to rebuild it") from None
+        raise H5Error(f"existing {path.name} is malformed ({exc}); {REBUILD_ADVICE}") from None
     except (OSError, KeyError, ValueError) as exc:
         reason = " ".join(str(exc).split())
         raise H5Error(
-            f"existing {path.name} is unreadable (truncated or corrupt: {reason}); re-run with --force to rebuild it"
+            f"existing {path.name} is unreadable (truncated or corrupt: {reason}); {REBUILD_ADVICE}"
         ) from None
     return state
 

@@ -6,6 +6,7 @@ The layout is AtlasPatch's (so AtlasPatch/MOOZY readers read ours and ours reads
 from __future__ import annotations
 
 COORDS = "coords"  # int32 (N, 5): x, y, read_w, read_h, level — x, y are the level-0 top-left corner
+COORDS_COLUMNS = 5
 PASSPORTS = "passports"  # S160 (N,): AtlasPatch's per-patch identity strings
 FEATURES = "features"  # features/<patch_encoder>: float32 (N, D)
 SLIDE_FEATURES = "slide_features"  # slide_features/<slide_encoder>: float32 (D,)
