@@ -171,9 +171,10 @@ def test_target_above_base_fails_that_slide_only(link_slides, tmp_path: Path, cm
 def test_mpp_csv_override_changes_the_geometry(link_slides, tmp_path: Path, cmu_svs: Path, boxes_tiff: Path) -> None:
     folder = link_slides(cmu_svs, boxes_tiff)
     csv = tmp_path / "mpp.csv"
-    csv.write_text("wsi,mpp\nCMU-1-Small-Region.svs,0.25\nboxes-synthetic,0.5\n")
+    csv.write_text("wsi,mpp\nCMU-1-Small-Region.svs,0.25\nboxes-synthetic,0.5\nCMU-1-Smal-Region.svs,0.25\n")
     result = run_atlaspatch("segment-and-get-coords", folder, "-o", tmp_path / "out", *COMMON, "--mpp-csv", csv)
     assert result.returncode == 0, result.stderr
+    assert "mpp CSV rows that match no slide of this run: CMU-1-Smal-Region.svs" in result.stderr  # a typo is named
     with h5py.File(tmp_path / "out" / "patches" / "CMU-1-Small-Region.h5") as handle:
         assert handle.attrs["mpp"] == 0.25 and handle.attrs["level0_magnification"] == 40
         assert handle.attrs["patch_size_level0"] == 448  # 224 px at 20x on a (declared) 40x scan

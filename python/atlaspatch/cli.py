@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from .errors import AtlasPatchError, one_line
 
 if TYPE_CHECKING:
     from .pipeline import SegmentTileRequest
+    from .slides.discovery import SlideSource
 
 app = typer.Typer(
     name="atlaspatch",
@@ -60,6 +62,15 @@ def _mpp_overrides(mpp_csv: Path | None) -> dict[str, float] | None:
     from .slides.discovery import read_mpp_csv
 
     return read_mpp_csv(mpp_csv) if mpp_csv else None
+
+
+def _warn_unmatched_mpp_rows(sources: list[SlideSource], overrides: dict[str, float] | None) -> None:
+    from .slides.discovery import unmatched_mpp_rows
+
+    unmatched = unmatched_mpp_rows(sources, overrides)
+    if unmatched:
+        rows = ", ".join(unmatched)
+        logging.getLogger("atlaspatch").warning("mpp CSV rows that match no slide of this run: %s", rows)
 
 
 def _segment_tile_request(
@@ -157,6 +168,7 @@ def segment_and_get_coords(
         setup_logging(verbose)
         request = _segment_tile_request(**options)
         sources = find_slides(wsi_path, recursive)
+        _warn_unmatched_mpp_rows(sources, request.mpp_overrides)
         pipeline = SegmentTilePipeline(request)
         checked = pipeline.preflight(sources)
         with slide_progress(len(sources)) as advance:
@@ -429,6 +441,7 @@ def encode_slide(
         )
         pipeline = EncodeSlidePipeline(request)  # geometry and encoder names are checked before any slide
         sources = find_slides(wsi_path, recursive)
+        _warn_unmatched_mpp_rows(sources, tiling.mpp_overrides)
         checked = pipeline.preflight(sources)
         with pipeline_progress() as progress:
             outcomes = pipeline.run(sources, checked, progress)

@@ -189,9 +189,6 @@ class EncodeSlidePipeline:
         self._embed_patches(sources, outcomes, on_patches)
         on_embedded = progress.slides("slide embeddings", len(sources)) if progress else None
         self._embed_slides(sources, outcomes, on_embedded)
-        for outcome in outcomes.values():
-            if not outcome.failed:
-                outcome.status = "ok"
         return [outcomes[s.stem] for s in sources]
 
     def _patches_to_embed(self, sources: Sequence[SlideSource], outcomes: dict[str, EncodeOutcome]) -> int:
@@ -280,6 +277,7 @@ class EncodeSlidePipeline:
                         allow_mag_mismatch=self.request.allow_mag_mismatch,
                     )
                     outcome.embeddings_computed, outcome.embeddings_reused = result.computed, result.reused
+                    outcome.status = "ok"
                 except Exception as exc:
                     outcome.fail(exc)
                 outcome.seconds += time.perf_counter() - started

@@ -106,3 +106,10 @@ def read_mpp_csv(path: str | Path) -> dict[str, float]:
 
 def mpp_override_for(stem: str, overrides: dict[str, float] | None) -> float | None:
     return (overrides or {}).get(stem)
+
+
+def unmatched_mpp_rows(sources: list[SlideSource], overrides: dict[str, float] | None) -> list[str]:
+    """Slide names in an mpp CSV that no slide of this run has (a typo there would silently not apply)."""
+    stems = {source.stem for source in sources}
+    unmatched = [key for key in overrides or {} if key not in stems and Path(key).stem not in stems]
+    return sorted(key for key in unmatched if not any(other != key and Path(other).stem == key for other in unmatched))
