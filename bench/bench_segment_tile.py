@@ -1,30 +1,41 @@
 #!/usr/bin/env python
-"""Segment + tile benchmark: AtlasPatch (otsu) in-process and as a whole process, side by side with LazySlide.
+"""Segment + tile benchmark on a slide set: AtlasPatch (otsu, sam2 on CPU) vs LazySlide tissue detection + tiling.
 
-    .venv/bin/python bench/bench_segment_tile.py                 # builds bench/out/mosaic-32768-mpp0.5.tiff if needed
-    .venv/bin/python bench/bench_segment_tile.py SLIDE [SLIDE …] --reps 5
+    .venv/bin/python bench/bench_segment_tile.py                 # the default slide set (built if missing)
+    .venv/bin/python bench/bench_segment_tile.py SLIDE [SLIDE …] --reps 5 --segmenters otsu,sam2
 
-Per slide, N timed repetitions (after one untimed warm-up each, so every tool reads from a warm page cache):
+The default slide set (bench/make_slide.py mosaics of real H&E tissue, cached in bench/out/): 20× (0.5 µm/px)
+32768² dense and sparse, 40× (0.25 µm/px) 49152² dense and sparse. Per slide, these runs, each repeated --reps
+times after one untimed warm-up, interleaved round by round (the order rotates every round), every run inside an
+exclusive flock on /tmp/atlaspatch-bench.lock so that it never overlaps another benchmark on the machine:
 
-(a) in-process: open_slide → segment_slides([slide], OtsuSegmenter()) → write_tiled_h5(…, TileOptions(224, 20)),
-    timed from open to H5 written (imports excluded);
-(b) whole process: `atlaspatch segment-and-get-coords SLIDE -o TMP --patch-size 224 --target-mag 20 --segmenter otsu
-    --device cpu --force` wall time (interpreter start and imports included), plus one `python -X importtime` run
-    of the same command: is torch imported, which imports cost most;
-(c) LazySlide in its own venv (bench/out/venv-lazyslide, see --setup-lazyslide): open_wsi → find_tissues →
-    tile_tissues(wsi, 224, mpp=<the mpp of a 224 px patch at 20×>), timed the same way as (a); twice: defaults
-    (find_tissues level="auto"), and find_tissues(level=L) at the pyramid level AtlasPatch reads its thumbnail from;
-(d) coverage against an independent reference: the pyramid level at downsample 16 (or the nearest finer one), a
-    pixel is tissue if its HSV saturation (OpenCV, 0–255) is > 20; a patch "has tissue" if ≥ 5 % of its pixels are.
+- AtlasPatch in-process, per segmenter: open_slide → segment_slides([slide], SEGMENTER) → write_tiled_h5(…,
+  TileOptions(224, 20)), timed from open to H5 written (imports and the segmenter's construction excluded: the
+  SAM2 model is loaded once, like LazySlide's imports);
+- AtlasPatch whole process, per segmenter: `atlaspatch segment-and-get-coords SLIDE -o TMP --patch-size 224
+  --target-mag 20 --segmenter S --device cpu --force` (+ `--model-dir` for sam2), wall time; sam2 gets
+  --sam2-cli-reps repetitions (default 3);
+- LazySlide (bench/lazyslide_runner.py --serve in its own venv, imported once): open_wsi → find_tissues →
+  tile_tissues(wsi, 224, mpp=<the mpp of a 224 px patch at 20×>), timed from open to tiles in memory; twice:
+  defaults (find_tissues level="auto") and find_tissues(level=L) at the pyramid level AtlasPatch reads its
+  thumbnail from.
 
-Writes bench/out/segment_tile.md and bench/out/segment_tile.json and prints the Markdown.
-Targets (reported, not asserted): (a) ≥ 2× faster than LazySlide while missing no tissue patch; (b) ≤ 2 s.
+SAM2's weights cannot be downloaded here: the benchmark writes **random-init** weights of the real architecture
+(SAM2.1 hiera-tiny, `{"model": state_dict}` like AtlasPatch's model.pth) to bench/out/sam2-random-weights/sam2/
+and passes that directory as --model-dir. Its time is real, its mask is meaningless: coverage is reported for otsu
+and LazySlide only. Coverage is measured against an independent reference (pyramid level at downsample 16, HSV
+saturation > 20; a patch has tissue if ≥ 5 % of its pixels are).
+
+Writes bench/out/segment_tile.md + .json and docs/img/segment_tile_*.png (--plots-only JSON redraws the plots).
+Targets (reported, not asserted): ≥ 2× faster than LazySlide; the otsu whole process ≤ 2 s.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
+import fcntl
 import json
 import os
 import platform
@@ -36,6 +47,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -45,13 +58,28 @@ import numpy as np
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 OUT = BENCH / "out"
-DEFAULT_SLIDE = OUT / "mosaic-32768-mpp0.5.tiff"
+IMG = REPO / "docs" / "img"
+DEFAULT_SLIDE = OUT / "mosaic-32768-mpp0.5.tiff"  # the set's 20× dense slide (also otsu_variants.py's default)
 LAZYSLIDE_VENV = OUT / "venv-lazyslide"
+SAM2_WEIGHTS_DIR = OUT / "sam2-random-weights"
+LOCK_PATH = Path("/tmp/atlaspatch-bench.lock")
 REFERENCE_DOWNSAMPLE = 16
 REFERENCE_SATURATION = 20
 REFERENCE_FRACTION = 0.05
 TARGET_SPEEDUP = 2.0
 TARGET_PROCESS_S = 2.0
+
+# (label, file under bench/out, make_slide.py arguments)
+SLIDE_SET = [
+    ("20× dense", "mosaic-32768-mpp0.5.tiff", ["--size", "32768", "--mpp", "0.5", "--seed", "0"]),
+    ("20× sparse", "mosaic-32768-mpp0.5-sparse.tiff", ["--size", "32768", "--mpp", "0.5", "--seed", "1", "--sparse"]),
+    ("40× dense", "mosaic-49152-mpp0.25.tiff", ["--size", "49152", "--mpp", "0.25", "--seed", "0"]),
+    (
+        "40× sparse",
+        "mosaic-49152-mpp0.25-sparse.tiff",
+        ["--size", "49152", "--mpp", "0.25", "--seed", "1", "--sparse"],
+    ),
+]
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -62,28 +90,33 @@ def summarize(values: list[float]) -> dict:
 
 
 def run_child(cmd: list[str], env: dict | None = None, timeout: float = 600) -> dict:
-    """Run a command; wall time, exit code, peak RSS (this child only, via wait4), stdout and stderr."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    """Run a command; wall time, exit code, peak RSS, stdout and stderr.
+
+    The peak RSS comes from GNU time (`/usr/bin/time -f %M`), not from this process's wait4: Linux carries the
+    forking parent's RSS high-water mark across exec, so a child of this (large, once SAM2 is loaded) process
+    would report at least this process's peak.
+    """
+    gnu_time = Path("/usr/bin/time")
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile() as rss:
+        argv = [str(gnu_time), "-f", "%M", "-o", rss.name, *cmd] if gnu_time.exists() else cmd
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=REPO)
-        deadline = started + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.002)
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=REPO)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         wall = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
+        try:
+            max_rss_mb = int(Path(rss.name).read_text().split()[-1]) / 1024
+        except (OSError, ValueError, IndexError):
+            max_rss_mb = float("nan")
         return {
             "wall_s": wall,
             "rc": proc.returncode,
-            "max_rss_mb": usage.ru_maxrss / 1024,
+            "max_rss_mb": max_rss_mb,
             "stdout": out.read().decode(errors="replace"),
             "stderr": err.read().decode(errors="replace"),
         }
@@ -130,8 +163,38 @@ def machine_info() -> dict:
 # --------------------------------------------------------------------------------------------------- (a)
 
 
-def atlaspatch_once(slide_path: Path, h5_dir: Path, patch_size: int, target_mag: int) -> dict:
-    from atlaspatch.segmentation.otsu import OtsuSegmenter
+class BenchLock:
+    """An exclusive flock(2) on LOCK_PATH around each timed run (the same lock as `flock LOCK_PATH cmd`)."""
+
+    def __init__(self, path: Path = LOCK_PATH) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # not inherited by children (O_CLOEXEC)
+        self.waited_s = 0.0
+        self.depth = 0  # re-entrant: an inner held() inside an outer one does nothing
+
+    @contextlib.contextmanager
+    def held(self):
+        if self.depth:
+            self.depth += 1
+            try:
+                yield
+            finally:
+                self.depth -= 1
+            return
+        started = time.perf_counter()
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        self.waited_s += time.perf_counter() - started
+        self.depth = 1
+        try:
+            yield
+        finally:
+            self.depth = 0
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------------------------------- AtlasPatch
+
+
+def atlaspatch_once(slide_path: Path, h5_dir: Path, patch_size: int, target_mag: int, segmenter) -> dict:
     from atlaspatch.slides.reader import open_slide
     from atlaspatch.stages.segment import segment_slides
     from atlaspatch.stages.tile import TileOptions, write_tiled_h5
@@ -140,7 +203,7 @@ def atlaspatch_once(slide_path: Path, h5_dir: Path, patch_size: int, target_mag:
     slide = open_slide(slide_path)
     try:
         opened = time.perf_counter()
-        tissue = segment_slides([slide], OtsuSegmenter())[0]
+        tissue = segment_slides([slide], segmenter)[0]
         segmented = time.perf_counter()
         h5_path = h5_dir / f"{slide.stem}.h5"
         result = write_tiled_h5(h5_path, slide, tissue, TileOptions(patch_size=patch_size, target_mag=target_mag))
@@ -160,22 +223,38 @@ def atlaspatch_once(slide_path: Path, h5_dir: Path, patch_size: int, target_mag:
         "read_level": result.geometry.level,
         "thumbnail_shape": list(tissue.mask.shape),
         "thumbnail_downsample": list(tissue.downsample),
+        "mask_fraction": float(tissue.mask.mean()),
     }
 
 
-def bench_inprocess(slide_path: Path, work: Path, reps: int, patch_size: int, target_mag: int) -> dict:
-    h5_dir = work / "inprocess"
-    h5_dir.mkdir(parents=True, exist_ok=True)
-    warm = atlaspatch_once(slide_path, h5_dir, patch_size, target_mag)  # also pays the first-call imports
-    runs = [atlaspatch_once(slide_path, h5_dir, patch_size, target_mag) for _ in range(reps)]
-    with h5py.File(runs[-1]["h5"], "r") as handle:
-        coords = handle["coords"][:, :2].astype(np.int64)
-    np.save(work / "atlaspatch.tiles.npy", coords)
-    out = {k: summarize([r[k] for r in runs]) for k in ("open_s", "segment_s", "tile_h5_s", "total_s")}
-    out.update({k: runs[-1][k] for k in runs[-1] if not k.endswith("_s")})
-    out["warmup_total_s"] = warm["total_s"]
-    out["coords"] = coords
-    return out
+def ensure_sam2_weights(model_dir: Path) -> Path:
+    """Random-init SAM2.1 hiera-tiny weights in AtlasPatch's on-disk format at MODEL_DIR/sam2/model.pth."""
+    path = model_dir / "sam2" / "model.pth"
+    if path.exists():
+        return path
+    import torch
+
+    from atlaspatch.segmentation.sam2 import build_sam2_tiny
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    tmp = path.with_name(".model.pth.partial")
+    torch.save({"model": build_sam2_tiny().state_dict()}, tmp)
+    tmp.replace(path)
+    (model_dir / "README.md").write_text(
+        "RANDOM-INIT weights of the SAM2.1 hiera-tiny architecture (torch.manual_seed(0)), saved as\n"
+        '{"model": state_dict} like AtlasAnalyticsLab/AtlasPatch model.pth, written by bench/bench_segment_tile.py.\n'
+        "For timing only: the masks they give are meaningless.\n"
+    )
+    return path
+
+
+def load_segmenter(name: str, model_dir: Path | None) -> tuple[object, float]:
+    from atlaspatch.segmentation import build_segmenter
+
+    started = time.perf_counter()
+    segmenter = build_segmenter(name, device="cpu", model_dir=model_dir)
+    return segmenter, time.perf_counter() - started
 
 
 def stage_breakdown(slide_path: Path, patch_size: int, target_mag: int, reps: int = 3) -> dict:
@@ -220,11 +299,13 @@ def stage_breakdown(slide_path: Path, patch_size: int, target_mag: int, reps: in
 
 
 def profile_inprocess(slide_path: Path, work: Path, patch_size: int, target_mag: int, top: int = 15) -> dict:
+    from atlaspatch.segmentation.otsu import OtsuSegmenter
+
     h5_dir = work / "profile"
     h5_dir.mkdir(parents=True, exist_ok=True)
     profiler = cProfile.Profile()
     profiler.enable()
-    atlaspatch_once(slide_path, h5_dir, patch_size, target_mag)
+    atlaspatch_once(slide_path, h5_dir, patch_size, target_mag, OtsuSegmenter())
     profiler.disable()
     prof_path = work / "inprocess.prof"
     profiler.dump_stats(prof_path)
@@ -256,7 +337,7 @@ def profile_inprocess(slide_path: Path, work: Path, patch_size: int, target_mag:
     }
 
 
-# --------------------------------------------------------------------------------------------------- (b)
+# --------------------------------------------------------------------------------------------------- whole process
 
 
 def atlaspatch_cli(python: Path) -> list[str]:
@@ -264,8 +345,10 @@ def atlaspatch_cli(python: Path) -> list[str]:
     return [str(script)] if script.exists() else [str(python), "-m", "atlaspatch"]
 
 
-def cli_args(slide_path: Path, out: Path, patch_size: int, target_mag: int) -> list[str]:
-    return [
+def cli_args(
+    slide_path: Path, out: Path, patch_size: int, target_mag: int, segmenter: str, model_dir: Path | None
+) -> list[str]:
+    args = [
         "segment-and-get-coords",
         str(slide_path),
         "-o",
@@ -275,11 +358,29 @@ def cli_args(slide_path: Path, out: Path, patch_size: int, target_mag: int) -> l
         "--target-mag",
         str(target_mag),
         "--segmenter",
-        "otsu",
+        segmenter,
         "--device",
         "cpu",
         "--force",
     ]
+    return args + (["--model-dir", str(model_dir)] if model_dir is not None else [])
+
+
+def cli_env() -> dict:
+    return {**os.environ, "NO_COLOR": "1", "COLUMNS": "120", "HF_HUB_OFFLINE": "1"}
+
+
+def cli_once(cmd: list[str]) -> dict:
+    result = run_child(cmd, env=cli_env())
+    if result["rc"] != 0:
+        raise RuntimeError(f"atlaspatch failed (rc {result['rc']}):\n{result['stdout']}\n{result['stderr']}")
+    return {"total_s": result["wall_s"], "max_rss_mb": result["max_rss_mb"]}
+
+
+def cli_num_patches(out_dir: Path) -> int:
+    h5s = list((out_dir / "patches").glob("*.h5"))
+    with h5py.File(h5s[0], "r") as handle:
+        return int(handle.attrs["num_patches"])
 
 
 def parse_importtime(stderr: str) -> dict:
@@ -309,42 +410,7 @@ def parse_importtime(stderr: str) -> dict:
     }
 
 
-def bench_process(slide_path: Path, work: Path, reps: int, patch_size: int, target_mag: int) -> dict:
-    out_dir = work / "cli"
-    cmd = atlaspatch_cli(Path(sys.executable)) + cli_args(slide_path, out_dir, patch_size, target_mag)
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "120"}
-    runs = []
-    for rep in range(reps + 1):
-        result = run_child(cmd, env=env)
-        if result["rc"] != 0:
-            raise RuntimeError(f"atlaspatch failed (rc {result['rc']}):\n{result['stdout']}\n{result['stderr']}")
-        if rep:  # the first run is the warm-up
-            runs.append(result)
-    h5s = list((out_dir / "patches").glob("*.h5"))
-    with h5py.File(h5s[0], "r") as handle:
-        num_patches = int(handle.attrs["num_patches"])
-    imp = run_child(
-        [
-            sys.executable,
-            "-X",
-            "importtime",
-            "-m",
-            "atlaspatch",
-            *cli_args(slide_path, work / "cli-importtime", patch_size, target_mag),
-        ],
-        env=env,
-    )
-    return {
-        "command": " ".join(["atlaspatch", *cli_args(slide_path, Path("TMP"), patch_size, target_mag)]),
-        "wall_s": summarize([r["wall_s"] for r in runs]),
-        "max_rss_mb": max(r["max_rss_mb"] for r in runs),
-        "num_patches": num_patches,
-        "importtime": parse_importtime(imp["stderr"]),
-        "importtime_run_wall_s": imp["wall_s"],
-    }
-
-
-# --------------------------------------------------------------------------------------------------- (c)
+# --------------------------------------------------------------------------------------------------- LazySlide setup
 
 
 def setup_lazyslide(venv: Path) -> None:
@@ -355,36 +421,58 @@ def setup_lazyslide(venv: Path) -> None:
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "lazyslide"], check=True)
 
 
-def bench_lazyslide(venv: Path, slide_path: Path, work: Path, reps: int, tile_px: int, mpp: float, config: str) -> dict:
-    prefix = work / f"lazyslide-{config.replace('=', '')}"
-    cmd = [
-        str(venv / "bin" / "python"),
-        str(BENCH / "lazyslide_runner.py"),
-        str(slide_path),
-        "--reps",
-        str(reps),
-        "--tile-px",
-        str(tile_px),
-        "--mpp",
-        repr(mpp),
-        "--config",
-        config,
-        "--out-prefix",
-        str(prefix),
-    ]
-    result = run_child(cmd, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    if result["rc"] != 0:
-        raise RuntimeError(f"lazyslide runner failed (rc {result['rc']}):\n{result['stderr'][-4000:]}")
-    data = json.loads(result["stdout"].strip().splitlines()[-1])
-    runs = [r for r in data["runs"] if not r["warmup"]]
-    data["timing"] = {
-        k: summarize([r[k] for r in runs]) for k in ("open_s", "find_tissues_s", "tile_tissues_s", "total_s")
-    }
-    data["process_wall_s"] = result["wall_s"]
-    data["max_rss_mb"] = result["max_rss_mb"]
-    data["coords"] = np.load(f"{prefix}.tiles.npy")
-    data["coords_nofilter"] = np.load(f"{prefix}.tiles-nofilter.npy")
-    return data
+# --------------------------------------------------------------------------------------------------- LazySlide
+
+
+class LazyServer:
+    """bench/lazyslide_runner.py --serve in LazySlide's venv: imported once, one JSON command per repetition."""
+
+    def __init__(self, venv: Path, log: Path) -> None:
+        self.log = open(log, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [str(venv / "bin" / "python"), str(BENCH / "lazyslide_runner.py"), "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
+        self.import_s = self._read()["import_s"]
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            raise RuntimeError(f"lazyslide_runner --serve died (rc {self.proc.poll()}); see {self.log.name}")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"lazyslide_runner: {answer['error']}; see {self.log.name}")
+        return answer
+
+    def ask(self, **cmd) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")  # type: ignore[union-attr]
+        self.proc.stdin.flush()  # type: ignore[union-attr]
+        return self._read()
+
+    def reset_peak_rss(self) -> None:
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")  # resets VmHWM
+
+    def peak_rss_mb(self) -> float | None:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM"):
+                    return int(line.split()[1]) / 1024
+        return None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.ask(op="quit")
+        with contextlib.suppress(Exception):
+            self.proc.wait(timeout=30)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.log.close()
 
 
 # --------------------------------------------------------------------------------------------------- (d)
@@ -498,81 +586,204 @@ def coverage(
 
 # --------------------------------------------------------------------------------------------------- report
 
+TOOL_ORDER = [
+    "atlaspatch-otsu",
+    "atlaspatch-otsu-cli",
+    "atlaspatch-sam2",
+    "atlaspatch-sam2-cli",
+    "lazyslide-default",
+    "lazyslide-thumbnail-level",
+]
+
+
+def ratio(v: float) -> str:
+    return f"{v:.1f}" if v >= 1 else f"{v:.2g}"
+
 
 def fmt(v: float) -> str:
-    return f"{v:.3f}" if v < 10 else f"{v:.1f}"
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}"
+
+
+def ordered_tools(slide: dict) -> list[tuple[str, dict]]:
+    tools = slide["tools"]
+    keys = [k for k in TOOL_ORDER if k in tools] + [k for k in tools if k not in TOOL_ORDER]
+    return [(k, tools[k]) for k in keys]
+
+
+def tool_name(key: str, tool: dict) -> str:
+    if key.startswith("lazyslide-"):
+        return tool["label"]
+    seg = key.split("-")[1]
+    return f"AtlasPatch {seg}{' (CPU)' if seg == 'sam2' else ''}, " + (
+        "whole process" if key.endswith("-cli") else "in-process"
+    )
+
+
+def lazyslide_refs(slide: dict) -> list[tuple[str, dict]]:
+    return [(k, t) for k, t in ordered_tools(slide) if k.startswith("lazyslide-")]
+
+
+def speedups(slide: dict, key: str) -> list[float | None]:
+    """LazySlide median ÷ this tool's median, per LazySlide configuration."""
+    tool = slide["tools"][key]
+    if key.startswith("lazyslide-"):
+        return [None for _ in lazyslide_refs(slide)]
+    return [lz["total_s"]["median"] / tool["total_s"]["median"] for _, lz in lazyslide_refs(slide)]
+
+
+def summary_rows(results: dict) -> list[dict]:
+    rows = []
+    for s in results["slides"]:
+        for key, tool in ordered_tools(s):
+            tiles = tool.get("num_patches", tool.get("num_tiles"))
+            rows.append(
+                {
+                    "slide": s["label"],
+                    "file": Path(s["slide"]).name,
+                    "size": f"{s['width']}×{s['height']}",
+                    "mpp": s["mpp"],
+                    "tissue_pct": 100 * s["reference"]["tissue_fraction"],
+                    "tool": key,
+                    "tool_name": tool_name(key, tool),
+                    "median_s": tool["total_s"]["median"],
+                    "min_s": tool["total_s"]["min"],
+                    "reps": tool["reps"],
+                    "tiles": tiles,
+                    "speedups": speedups(s, key),
+                }
+            )
+    return rows
+
+
+def summary_table(results: dict) -> list[str]:
+    configs = [t["label"].replace("LazySlide ", "") for _, t in lazyslide_refs(results["slides"][0])]
+    configs = ["default", "level=L"] if len(configs) == 2 else configs
+    head = "| slide | size px | mpp | tissue | tool | reps | median s | min s | tiles |" + "".join(
+        f" speed-up vs LazySlide {c} |" for c in configs
+    )
+    lines = [head, "|---|---|---:|---:|---|---:|---:|---:|---:|" + "---:|" * len(configs)]
+    for r in summary_rows(results):
+        tiles = "" if r["tiles"] is None else str(r["tiles"]) + ("†" if "sam2" in r["tool"] else "")
+        ups = "".join(
+            " |"
+            if v is None
+            else f" {'**' if v >= TARGET_SPEEDUP else ''}{ratio(v)}×{'**' if v >= TARGET_SPEEDUP else ''} |"
+            for v in r["speedups"]
+        )
+        bold = "**" if r["tool"] in ("atlaspatch-otsu", "atlaspatch-sam2") else ""
+        lines.append(
+            f"| {r['slide']} | {r['size']} | {r['mpp']:g} | {r['tissue_pct']:.1f} % | {r['tool_name']} | {r['reps']} | "
+            f"{bold}{fmt(r['median_s'])}{bold} | {fmt(r['min_s'])} | {tiles} |{ups}"
+        )
+    return lines
 
 
 def markdown(results: dict) -> str:
     m = results["machine"]
+    slides = results["slides"]
     lines = [
-        "# Segment + tile benchmark: AtlasPatch (otsu) vs LazySlide",
+        "# Segment + tile benchmark: AtlasPatch (otsu, sam2 on CPU) vs LazySlide, on a slide set",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; {m['platform']}",
         f"Python {m['python']}; atlaspatch {m['atlaspatch']}; openslide {m['openslide']} (openslide-python "
         f"{m['openslide-python']}); numpy {m['numpy']}; opencv {m['opencv']}; h5py {m['h5py']}"
         + (
-            f"; lazyslide {results['lazyslide_versions'].get('lazyslide')}, wsidata "
-            f"{results['lazyslide_versions'].get('wsidata')} (own venv)"
-            if results.get("lazyslide_versions")
+            f"; lazyslide {slides[0]['tools']['lazyslide-default']['versions']['lazyslide']}, wsidata "
+            f"{slides[0]['tools']['lazyslide-default']['versions']['wsidata']} (own venv)"
+            if slides and "versions" in slides[0]["tools"].get("lazyslide-default", {})
             else ""
         ),
-        f"Repetitions: {results['reps']} timed after 1 warm-up (warm page cache); times in seconds. Load average "
-        f"(1, 5, 15 min) at start {m['loadavg_start']}, at end {m.get('loadavg_end')}: other work on the machine "
-        "shows up as noise.",
+        f"Repetitions: {results['reps']} timed after 1 untimed warm-up (sam2 whole process: "
+        f"{results.get('sam2_cli_reps')}), interleaved round by round (order rotated every round), under an "
+        f"exclusive flock on {LOCK_PATH} held per {results.get('lock_scope', 'run')}, so no other benchmark ran "
+        f"meanwhile; seconds. Load average (1, 5, 15 min) at start {m['loadavg_start']}, at end "
+        f"{m.get('loadavg_end')}.",
         "",
     ]
-    for s in results["slides"]:
-        a, b = s["inprocess"], s["process"]
+    if not slides:
+        return "\n".join(lines)
+    load = results.get("segmenter_load_s", {})
+    lines += [
+        "## Summary",
+        "",
+        *summary_table(results),
+        "",
+        "In-process = open → segment → tile (→ H5 for AtlasPatch; LazySlide keeps its tiles in memory), imports and "
+        "model construction excluded"
+        + (f" (SAM2 load, once: {load['sam2']:.1f} s)" if "sam2" in load else "")
+        + ". Whole process = the `atlaspatch segment-and-get-coords` command's wall time, interpreter start and "
+        "imports included; its speed-up is still against LazySlide's in-process time (LazySlide's own import, "
+        + (
+            f"{slides[0]['tools']['lazyslide-default']['import_s']:.1f} s, is not counted)."
+            if "import_s" in slides[0]["tools"].get("lazyslide-default", {})
+            else "not counted)."
+        ),
+        "`level=L` = LazySlide's find_tissues at the pyramid level AtlasPatch reads its thumbnail from "
+        '(like-for-like); `default` = level="auto".',
+        "† sam2 runs on **random-init weights** of the real SAM2.1 hiera-tiny architecture (nothing can be "
+        "downloaded here): its time is real, its mask (and so its tile count) is meaningless. Coverage below is "
+        "for otsu and LazySlide only.",
+        "",
+        "Target ≥ 2× faster than LazySlide (AtlasPatch in-process median vs LazySlide in-process median):",
+        "",
+    ]
+    for s in slides:
+        for key, _tool in ordered_tools(s):
+            if key.startswith("lazyslide-") or key.endswith("-cli"):
+                continue
+            parts = []
+            for (_, lz), up in zip(lazyslide_refs(s), speedups(s, key), strict=True):
+                parts.append(f"{lz['label']} {ratio(up)}× ({'meets' if up >= TARGET_SPEEDUP else '**MISSES**'})")
+            lines.append(f"- {s['label']}, {key}: " + "; ".join(parts))
+    lines.append("")
+    for s in slides:
+        tools = s["tools"]
         lines += [
-            f"## {Path(s['slide']).name}",
+            f"## {s['label']}: {Path(s['slide']).name}",
             "",
             f"{s['width']}×{s['height']} px, mpp {s['mpp']:g} ({s['magnification']}×), levels "
-            f"{s['level_downsamples']}, {s['file_mb']:.0f} MB; patch {s['patch_size']} px at {s['target_mag']}× "
-            f"(= {s['patch_size_level0']} level-0 px, LazySlide mpp={s['lazyslide_mpp']:g}); "
-            f"{s['lattice_candidates']} lattice positions.",
+            f"{s['level_downsamples']}, {s['file_mb']:.0f} MB; {100 * s['reference']['tissue_fraction']:.1f} % tissue "
+            f"(reference); patch {s['patch_size']} px at {s['target_mag']}× (= {s['patch_size_level0']} level-0 px, "
+            f"LazySlide mpp={s['lazyslide_mpp']:g}); {s['lattice_candidates']} lattice positions; AtlasPatch "
+            f"thumbnail level {s['thumbnail_level']}.",
             "",
-            "| run | median | min | tiles | notes |",
-            "|---|---:|---:|---:|---|",
-            f"| (a) AtlasPatch in-process: open → otsu → H5 | **{fmt(a['total_s']['median'])}** | "
-            f"{fmt(a['total_s']['min'])} | {a['num_patches']} | open {fmt(a['open_s']['median'])}, segment "
-            f"{fmt(a['segment_s']['median'])}, tile+H5 {fmt(a['tile_h5_s']['median'])}; thumbnail "
-            f"{a['thumbnail_shape'][1]}×{a['thumbnail_shape'][0]} (ds {a['thumbnail_downsample'][0]:.0f}) |",
-            f"| (b) `atlaspatch segment-and-get-coords` whole process | **{fmt(b['wall_s']['median'])}** | "
-            f"{fmt(b['wall_s']['min'])} | {b['num_patches']} | peak RSS {b['max_rss_mb']:.0f} MB; imports "
-            f"{fmt(b['importtime']['total_s'])} s (-X importtime); torch imported: "
-            f"{'**yes**' if b['importtime']['torch_imported'] else 'no'} |",
+            "| run | median | min | max | tiles | split (medians) |",
+            "|---|---:|---:|---:|---:|---|",
         ]
-        for lz in s.get("lazyslide", []):
-            t = lz["timing"]
-            lines.append(
-                f"| (c) LazySlide `{lz['config']}` in-process: open_wsi → find_tissues → tile_tissues | "
-                f"**{fmt(t['total_s']['median'])}** | {fmt(t['total_s']['min'])} | {lz['num_tiles']} | "
-                f"find_tissues {fmt(t['find_tissues_s']['median'])} (level {lz['segmentation_level']}, ds "
-                f"{lz['segmentation_level_downsample']:g}), tile_tissues {fmt(t['tile_tissues_s']['median'])}; "
-                f"import {fmt(lz['import_s'])}; {lz['num_tissues']} tissues; peak RSS {lz['max_rss_mb']:.0f} MB |"
-            )
-        lines.append("")
-        if s.get("lazyslide"):
-            lines += ["Speed (LazySlide median / AtlasPatch in-process median; target ≥ 2×):", ""]
-            for lz in s["lazyslide"]:
-                ratio = lz["timing"]["total_s"]["median"] / a["total_s"]["median"]
-                lines.append(
-                    f"- vs LazySlide `{lz['config']}`: **{ratio:.1f}×** "
-                    f"({'meets' if ratio >= TARGET_SPEEDUP else 'MISSES'} the 2× target)"
+        for key, t in ordered_tools(s):
+            total = t["total_s"]
+            if key.startswith("lazyslide-"):
+                split = (
+                    f"open {fmt(t['open_s']['median'])}, find_tissues {fmt(t['find_tissues_s']['median'])} (level "
+                    f"{t.get('segmentation_level')}, ds {t.get('segmentation_level_downsample') or 0:g}), tile_tissues "
+                    f"{fmt(t['tile_tissues_s']['median'])}; {t.get('num_tissues')} tissues; peak RSS "
+                    f"{t.get('max_rss_mb') or 0:.0f} MB"
                 )
-            lines.append("")
-        proc = b["wall_s"]["median"]
+            elif key.endswith("-cli"):
+                split = f"peak RSS {t['max_rss_mb']:.0f} MB"
+                if "importtime" in t:
+                    imp = t["importtime"]
+                    split += (
+                        f"; imports {fmt(imp['total_s'])} s (-X importtime), torch imported: "
+                        f"{'**yes**' if imp['torch_imported'] else 'no'}"
+                    )
+            else:
+                split = (
+                    f"open {fmt(t['open_s']['median'])}, segment {fmt(t['segment_s']['median'])}, tile+H5 "
+                    f"{fmt(t['tile_h5_s']['median'])}; thumbnail {t['thumbnail_shape'][1]}×{t['thumbnail_shape'][0]} "
+                    f"(ds {t['thumbnail_downsample'][0]:.0f}); mask {100 * t['mask_fraction']:.1f} %"
+                )
+            tiles = t.get("num_patches", t.get("num_tiles"))
+            lines.append(
+                f"| {tool_name(key, t)} | **{fmt(total['median'])}** | {fmt(total['min'])} | {fmt(total['max'])} | "
+                f"{tiles}{'†' if 'sam2' in key else ''} | {split} |"
+            )
         lines += [
-            f"Whole process: **{proc:.2f} s** median ({'meets' if proc <= TARGET_PROCESS_S else 'MISSES'} the "
-            f"≤ {TARGET_PROCESS_S:g} s target on {m['cores']} cores).",
             "",
-        ]
-        lines += [
-            f"Coverage vs reference (level {s['reference']['level']}, ds {s['reference']['downsample']:g}: "
-            f"HSV saturation > {REFERENCE_SATURATION}; a patch has tissue if ≥ {REFERENCE_FRACTION:.0%} of its "
-            f"pixels are; {s['reference']['tissue_fraction']:.1%} of the slide is tissue; "
-            f"{s['coverage'][0]['lattice_tissue_patches']} tissue patches on AtlasPatch's slide-global lattice):",
+            f"Coverage vs reference (level {s['reference']['level']}, ds {s['reference']['downsample']:g}: HSV "
+            f"saturation > {REFERENCE_SATURATION}; a patch has tissue if ≥ {REFERENCE_FRACTION:.0%} of its pixels "
+            f"are; {s['coverage'][0]['lattice_tissue_patches'] if s['coverage'] else '?'} tissue patches on "
+            "AtlasPatch's slide-global lattice):",
             "",
             "| tiles of | kept | kept with tissue | kept without tissue (no tissue px at all) | missed tissue "
             "patches (common lattice) | … of them specks < 0.01 mm² | tissue outside all kept tiles |",
@@ -586,16 +797,19 @@ def markdown(results: dict) -> str:
                 f"{c['uncovered_tissue_fraction']:.2%} (≈ {c['uncovered_tissue_patch_equivalents']:.0f} patches) |"
             )
         lines.append("")
-        imp = b["importtime"]
-        lines += [
-            "Whole-process imports (python -X importtime, top-level modules by cumulative time): "
-            + ", ".join(f"{e['module']} {e['cumulative_s']:.2f}" for e in imp["top_level"][:8])
-            + f"; heavy modules imported: {', '.join(imp['heavy_imported']) or 'none'}.",
-            "",
-        ]
+        for name in results.get("segmenters", []):
+            imp = tools.get(f"atlaspatch-{name}-cli", {}).get("importtime")
+            if imp:
+                lines += [
+                    f"{name} whole-process imports (python -X importtime, one run of "
+                    f"{imp.get('run_wall_s', 0):.1f} s; top-level modules by cumulative time): "
+                    + ", ".join(f"{e['module']} {e['cumulative_s']:.2f}" for e in imp["top_level"][:8])
+                    + f"; heavy modules imported: {', '.join(imp['heavy_imported']) or 'none'}.",
+                    "",
+                ]
         if s.get("profile"):
             stages = s["profile"]["stages"]
-            lines += ["In-process steps, called one by one on the main thread (median of 3; seconds):", ""]
+            lines += ["otsu in-process steps, called one by one on the main thread (median of 3; seconds):", ""]
             if "error" in stages:
                 lines += [f"(not available: {stages['error']})", ""]
             else:
@@ -603,38 +817,135 @@ def markdown(results: dict) -> str:
                 lines += [f"| {name} | {sec:.3f} |" for name, sec in stages.items()]
                 lines.append("")
             lines += [
-                "In-process cProfile (one run, main thread only — the thumbnail read runs on a worker thread and "
-                f"shows up only in the table above; profiler overhead included; {s['profile']['prof']}):",
+                "otsu in-process cProfile (one run, main thread only; profiler overhead included; "
+                f"{s['profile']['prof']}):",
                 "",
                 "| atlaspatch function | calls | cumulative | self |",
                 "|---|---:|---:|---:|",
             ]
-            for r in s["profile"]["by_cumulative"][:12]:
+            for r in s["profile"]["by_cumulative"][:10]:
                 lines.append(f"| `{r['function']}` | {r['ncalls']} | {r['cumtime']:.3f} | {r['tottime']:.3f} |")
-            lines += ["", "| top self time (any code) | calls | self |", "|---|---:|---:|"]
-            for r in s["profile"]["by_self"][:8]:
-                lines.append(f"| `{r['function']}` | {r['ncalls']} | {r['tottime']:.3f} |")
             lines.append("")
+    lz0 = [t for _, t in lazyslide_refs(slides[0])]
     lines += [
-        *(
-            [
-                f"Calls timed for LazySlide `{lz['config']}`: " + "; ".join(f"`{c}`" for c in lz["calls"]) + "."
-                for lz in results["slides"][0]["lazyslide"]
-            ]
-            if results["slides"] and results["slides"][0].get("lazyslide")
-            else ["LazySlide: skipped."]
-        ),
+        *[
+            f"Calls timed for LazySlide `{t['config']}`: " + "; ".join(f"`{c}`" for c in t["calls"]) + "."
+            for t in lz0
+            if "calls" in t
+        ],
         "",
         "LazySlide keeps tiles on a grid anchored per tissue polygon and drops tiles with > 30 % background "
         "(tile_tissues defaults: background_filter=True, background_fraction=0.3); `… (no bg filter)` rows are "
         "the same tissues tiled with background_filter=False (untimed). LazySlide's result stays in memory "
-        "(no file written); AtlasPatch's time includes writing the H5.",
+        "(no file written); AtlasPatch's time includes writing the H5. LazySlide's peak RSS is its server "
+        "process's VmHWM over this slide's runs (both configurations run in separate server processes).",
+        f"Time spent waiting for the benchmark lock: {results.get('lock_waited_s', 0):.0f} s of "
+        f"{results.get('bench_seconds', 0):.0f} s.",
         "",
     ]
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------------------------------- plots
+
+PLOT_STYLE = {
+    "atlaspatch-otsu": ("AtlasPatch otsu (in-process)", "#1b7837"),
+    "atlaspatch-otsu-cli": ("AtlasPatch otsu (whole process)", "#7fbf7b"),
+    "atlaspatch-sam2": ("AtlasPatch sam2 CPU (in-process)", "#2166ac"),
+    "atlaspatch-sam2-cli": ("AtlasPatch sam2 CPU (whole process)", "#92c5de"),
+    "lazyslide-default": ("LazySlide default", "#b2182b"),
+    "lazyslide-thumbnail-level": ("LazySlide level=L (AtlasPatch's thumbnail level)", "#f4a582"),
+}
+
+
+def plot(results: dict, img_dir: Path) -> list[Path]:
+    """Grouped bars: seconds per slide per tool (log axis), and speed-ups vs LazySlide (log axis, 2× line)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots (.venv/bin/pip install matplotlib)", file=sys.stderr)
+        return []
+    slides = results["slides"]
+    if not slides:
+        return []
+    img_dir.mkdir(parents=True, exist_ok=True)
+    labels = [
+        f"{s['label']}\n{s['width'] // 1024}k², {100 * s['reference']['tissue_fraction']:.1f} % tissue" for s in slides
+    ]
+    keys = [k for k in PLOT_STYLE if any(k in s["tools"] for s in slides)]
+    x = np.arange(len(slides))
+    written = []
+
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
+    width = 0.8 / len(keys)
+    for i, key in enumerate(keys):
+        name, colour = PLOT_STYLE[key]
+        med = [s["tools"][key]["total_s"]["median"] if key in s["tools"] else np.nan for s in slides]
+        lo = [s["tools"][key]["total_s"]["min"] if key in s["tools"] else np.nan for s in slides]
+        hi = [s["tools"][key]["total_s"]["max"] if key in s["tools"] else np.nan for s in slides]
+        err = [np.subtract(med, lo), np.subtract(hi, med)]
+        pos = x - 0.4 + width * (i + 0.5)
+        ax.bar(pos, med, width, label=name, color=colour, yerr=err, capsize=2, error_kw={"elinewidth": 0.8})
+        for p, v in zip(pos, med, strict=True):
+            if np.isfinite(v):
+                ax.text(p, v * 1.08, f"{v:.2g}" if v < 10 else f"{v:.0f}", ha="center", va="bottom", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds (median; whiskers min–max; log scale)")
+    ax.set_xticks(x, labels)
+    ax.set_title(
+        "Segment + tile per slide: AtlasPatch vs LazySlide (2-core CPU; sam2 on random-init weights)", fontsize=10
+    )
+    ax.legend(fontsize=8, ncol=2, loc="upper left")
+    lows = [s["tools"][k]["total_s"]["min"] for s in slides for k in keys if k in s["tools"]]
+    ax.set_ylim(bottom=min(lows) / 2, top=ax.get_ylim()[1] * 4)
+    ax.grid(axis="y", which="major", alpha=0.3)
+    fig.tight_layout()
+    path = img_dir / "segment_tile_seconds.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+
+    ours = [k for k in keys if k.startswith("atlaspatch-")]
+    refs = [k for k in keys if k.startswith("lazyslide-")]
+    fig, axes = plt.subplots(1, len(refs), figsize=(5.5 * len(refs), 4.5), dpi=100, sharey=True, squeeze=False)
+    width = 0.8 / max(1, len(ours))
+    for ax, ref in zip(axes[0], refs, strict=True):
+        for i, key in enumerate(ours):
+            name, colour = PLOT_STYLE[key]
+            vals = [
+                s["tools"][ref]["total_s"]["median"] / s["tools"][key]["total_s"]["median"]
+                if key in s["tools"] and ref in s["tools"]
+                else np.nan
+                for s in slides
+            ]
+            pos = x - 0.4 + width * (i + 0.5)
+            ax.bar(pos, vals, width, label=name, color=colour)
+            for p, v in zip(pos, vals, strict=True):
+                if np.isfinite(v):
+                    ax.text(p, v * 1.05, f"{ratio(v)}×", ha="center", va="bottom", fontsize=7)
+        ax.axhline(TARGET_SPEEDUP, color="k", linestyle="--", linewidth=1, label="2× target")
+        ax.axhline(1, color="grey", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_xticks(x, [s["label"] for s in slides], fontsize=8)
+        ax.set_title(f"vs {PLOT_STYLE[ref][0]}", fontsize=9)
+        ax.grid(axis="y", which="major", alpha=0.3)
+    axes[0][0].set_ylabel("speed-up = LazySlide median ÷ AtlasPatch median (log)")
+    top = max(bar.get_height() for ax in axes[0] for bar in ax.patches if np.isfinite(bar.get_height()))
+    axes[0][0].set_ylim(top=top * 2.5)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=8, loc="lower center", ncol=len(names))
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    path = img_dir / "segment_tile_speedup.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+    return written
+
+
+# --------------------------------------------------------------------------------------------------- slide info
 
 
 def slide_info(slide_path: Path, patch_size: int, target_mag: int) -> dict:
@@ -670,18 +981,65 @@ def slide_info(slide_path: Path, patch_size: int, target_mag: int) -> dict:
         }
 
 
+# --------------------------------------------------------------------------------------------------- main
+
+
+@dataclass
+class Task:
+    """One tool on one slide: `run()` is one repetition (returns a dict with total_s)."""
+
+    tool: str  # key in the report
+    label: str
+    run: Callable[[], dict]
+    reps: int
+    results: list[dict] = field(default_factory=list)
+
+
+def run_interleaved(tasks: list[Task], reps: int, lock: BenchLock, tag: str, scope: str) -> None:
+    """Round 0 is the warm-up (untimed), rounds 1..reps are timed; the order rotates every round.
+
+    The benchmark lock is taken per run (scope "run"), per round ("round") or by the caller for the whole slide
+    ("slide"): on a machine where others hold the lock for minutes, each acquisition can cost a long wait.
+    """
+    for rnd in range(reps + 1):
+        shift = rnd % len(tasks)
+        with lock.held() if scope == "round" else contextlib.nullcontext():
+            for task in tasks[shift:] + tasks[:shift]:
+                if rnd > task.reps:
+                    continue
+                with lock.held() if scope == "run" else contextlib.nullcontext():
+                    result = task.run()
+                if rnd:
+                    task.results.append(result)
+        timed = ", ".join(f"{t.tool} {t.results[-1]['total_s']:.2f}" for t in tasks if rnd and len(t.results) == rnd)
+        print(f"[{tag}] round {rnd}{' (warm-up)' if not rnd else ''}: {timed}", file=sys.stderr, flush=True)
+
+
+def ensure_slide_set(lock: BenchLock) -> list[tuple[str, Path]]:
+    sys.path.insert(0, str(BENCH))
+    import make_slide
+
+    slides = []
+    for label, name, args in SLIDE_SET:
+        path = OUT / name
+        if not path.exists():
+            print(f"building {path} …", file=sys.stderr)
+            with lock.held():
+                make_slide.main([str(path), *args])
+        slides.append((label, path))
+    return slides
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "slides",
-        nargs="*",
-        type=Path,
-        help=f"default: {DEFAULT_SLIDE.relative_to(REPO)} (built "
-        "with make_slide.py --size 32768 --mpp 0.5 --seed 0 if missing)",
-    )
+    parser.add_argument("slides", nargs="*", type=Path, help="default: the slide set (built if missing)")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--segmenters", default="otsu,sam2", help="comma-separated AtlasPatch segmenters")
+    parser.add_argument("--sam2-cli-reps", type=int, default=3, help="repetitions of the sam2 whole-process run")
+    parser.add_argument("--skip-cli", action="store_true", help="no whole-process runs")
     parser.add_argument("--patch-size", type=int, default=224)
     parser.add_argument("--target-mag", type=int, default=20)
+    parser.add_argument("--sam2-model-dir", type=Path, default=SAM2_WEIGHTS_DIR)
     parser.add_argument("--lazyslide-venv", type=Path, default=LAZYSLIDE_VENV)
     parser.add_argument("--setup-lazyslide", action="store_true", help="create the LazySlide venv if missing")
     parser.add_argument("--skip-lazyslide", action="store_true")
@@ -691,100 +1049,261 @@ def main(argv: list[str] | None = None) -> int:
         help='comma-separated: "default", "thumbnail-level" (find_tissues at the level AtlasPatch '
         'reads its thumbnail from) or "level=N"',
     )
-    parser.add_argument("--no-profile", action="store_true", help="skip the cProfile run of the in-process path")
+    parser.add_argument("--no-profile", action="store_true", help="skip the otsu cProfile / step split / importtime")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--img-dir", type=Path, default=IMG, help="where the PNG plots go")
+    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--plots-only", type=Path, metavar="JSON", help="redraw the plots from a report and exit")
+    parser.add_argument(
+        "--lock-scope",
+        choices=("run", "round", "slide"),
+        default="round",
+        help="hold the benchmark lock per timed run, per round of all tools, or per slide (fewest waits)",
+    )
+    parser.add_argument("--report-only", type=Path, metavar="JSON", help="rewrite OUT/segment_tile.md from a report")
     args = parser.parse_args(argv)
 
-    slides = args.slides or [DEFAULT_SLIDE]
-    if not args.slides and not DEFAULT_SLIDE.exists():
-        sys.path.insert(0, str(BENCH))
-        import make_slide
-
-        make_slide.main([str(DEFAULT_SLIDE), "--size", "32768", "--mpp", "0.5", "--seed", "0"])
+    if args.report_only:
+        results = json.loads(args.report_only.read_text())
+        text = markdown(results)
+        (args.out / "segment_tile.md").write_text(text + "\n")
+        print(text)
+        return 0
+    if args.plots_only:
+        for path in plot(json.loads(args.plots_only.read_text()), args.img_dir):
+            print(path)
+        return 0
+    lock = BenchLock()
+    slides = [(p.stem, p) for p in args.slides] if args.slides else ensure_slide_set(lock)
+    segmenters = [s for s in args.segmenters.split(",") if s]
     use_lazyslide = not args.skip_lazyslide
     if use_lazyslide:
         if args.setup_lazyslide:
             setup_lazyslide(args.lazyslide_venv)
         if not (args.lazyslide_venv / "bin" / "python").exists():
-            print(
-                f"no LazySlide venv at {args.lazyslide_venv}: pass --setup-lazyslide (or --skip-lazyslide)",
-                file=sys.stderr,
-            )
+            print(f"no LazySlide venv at {args.lazyslide_venv}: pass --setup-lazyslide (or --skip-lazyslide)")
             return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"machine": machine_info(), "reps": args.reps, "slides": []}
+    results: dict = {
+        "machine": machine_info(),
+        "reps": args.reps,
+        "sam2_cli_reps": min(args.sam2_cli_reps, args.reps),
+        "segmenters": segmenters,
+        "lock_scope": args.lock_scope,
+        "slides": [],
+    }
     started = time.perf_counter()
-    for slide_path in slides:
-        slide_path = slide_path.resolve()
-        work = args.out / "work" / slide_path.stem
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        info = slide_info(slide_path, args.patch_size, args.target_mag)
-        lattice = info.pop("lattice")
-        print(f"[{slide_path.name}] (a) in-process …", file=sys.stderr)
-        a = bench_inprocess(slide_path, work, args.reps, args.patch_size, args.target_mag)
-        ours = a.pop("coords")
-        print(f"[{slide_path.name}] (b) whole process …", file=sys.stderr)
-        b = bench_process(slide_path, work, args.reps, args.patch_size, args.target_mag)
-        entry = {**info, "inprocess": a, "process": b}
-        lazies = []
-        if use_lazyslide:
-            for config in args.lazyslide_configs.split(","):
-                config = f"level={info['thumbnail_level']}" if config == "thumbnail-level" else config
-                if any(lz["config"] == config for lz in lazies):
-                    continue
-                print(f"[{slide_path.name}] (c) LazySlide {config} …", file=sys.stderr)
-                lazies.append(
-                    bench_lazyslide(
-                        args.lazyslide_venv, slide_path, work, args.reps, args.patch_size, info["lazyslide_mpp"], config
+
+    loaded: dict[str, object] = {}
+    model_dirs: dict[str, Path | None] = {}
+    setup_lock = lock.held() if args.lock_scope == "slide" else contextlib.nullcontext()
+    setup_lock.__enter__()  # with --lock-scope slide: the whole setup (weights, segmenters, LazySlide) at once
+    for name in segmenters:
+        model_dir = None
+        if name == "sam2":
+            with lock.held():
+                ensure_sam2_weights(args.sam2_model_dir)
+            model_dir = args.sam2_model_dir
+        model_dirs[name] = model_dir
+        with lock.held():
+            loaded[name], load_s = load_segmenter(name, model_dir)
+        results.setdefault("segmenter_load_s", {})[name] = load_s
+    results["sam2_weights"] = (
+        str(args.sam2_model_dir / "sam2" / "model.pth") + " (random-init, written by this benchmark)"
+        if "sam2" in segmenters
+        else None
+    )
+
+    servers: dict[str, LazyServer] = {}
+    configs = [c for c in args.lazyslide_configs.split(",") if c] if use_lazyslide else []
+    for config in configs:
+        with lock.held():
+            servers[config] = LazyServer(args.lazyslide_venv, args.out / "lazyslide-serve.log")
+    setup_lock.__exit__(None, None, None)
+    try:
+        for label, slide_path in slides:
+            slide_lock = lock.held() if args.lock_scope == "slide" else contextlib.nullcontext()
+            slide_lock.__enter__()  # with --lock-scope slide: every run, save, profile of this slide at once
+            slide_path = slide_path.resolve()
+            tag = slide_path.stem
+            work = args.out / "work" / tag
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            info = slide_info(slide_path, args.patch_size, args.target_mag)
+            lattice = info.pop("lattice")
+            tasks: list[Task] = []
+            for name in segmenters:
+                h5_dir = work / f"inprocess-{name}"
+                h5_dir.mkdir()
+                seg = loaded[name]
+                tasks.append(
+                    Task(
+                        f"atlaspatch-{name}",
+                        f"AtlasPatch {name}",
+                        lambda h5_dir=h5_dir, seg=seg, slide_path=slide_path: atlaspatch_once(
+                            slide_path, h5_dir, args.patch_size, args.target_mag, seg
+                        ),
+                        args.reps,
                     )
                 )
-            results["lazyslide_versions"] = lazies[0]["versions"] if lazies else {}
-        print(f"[{slide_path.name}] (d) coverage …", file=sys.stderr)
-        ref = Reference(slide_path)
-        size0 = info["patch_size_level0"]
-        mpp = info["mpp"]
-        cov = [coverage(ref, lattice, size0, "AtlasPatch (otsu)", ours, mpp, work / "coverage-atlaspatch.png")]
-        for lz in lazies:
-            tag = lz["config"].replace("=", "")
-            lz_size0 = lz["tile_size_level0"] or size0
-            cov.append(
-                coverage(
-                    ref,
-                    lattice,
-                    lz_size0,
-                    f"LazySlide `{lz['config']}`",
-                    lz.pop("coords"),
-                    mpp,
-                    work / f"coverage-lazyslide-{tag}.png",
+                if not args.skip_cli:
+                    cmd = atlaspatch_cli(Path(sys.executable)) + cli_args(
+                        slide_path, work / f"cli-{name}", args.patch_size, args.target_mag, name, model_dirs[name]
+                    )
+                    tasks.append(
+                        Task(
+                            f"atlaspatch-{name}-cli",
+                            f"AtlasPatch {name}, whole process",
+                            lambda cmd=cmd: cli_once(cmd),
+                            results["sam2_cli_reps"] if name == "sam2" else args.reps,
+                        )
+                    )
+            lz_configs: dict[str, str] = {}
+            for config, server in servers.items():
+                actual = f"level={info['thumbnail_level']}" if config == "thumbnail-level" else config
+                lz_configs[config] = actual
+                server.reset_peak_rss()
+                tasks.append(
+                    Task(
+                        f"lazyslide-{config}",
+                        f"LazySlide `{actual}`",
+                        lambda server=server, actual=actual, slide_path=slide_path, info=info: server.ask(
+                            op="rep",
+                            slide=str(slide_path),
+                            config=actual,
+                            tile_px=args.patch_size,
+                            mpp=info["lazyslide_mpp"],
+                        ),
+                        args.reps,
+                    )
                 )
-            )
-            cov.append(
-                coverage(
-                    ref, lattice, lz_size0, f"LazySlide `{lz['config']}` (no bg filter)", lz.pop("coords_nofilter"), mpp
+            print(f"[{tag}] {len(tasks)} runs × {args.reps} reps, interleaved …", file=sys.stderr, flush=True)
+            run_interleaved(tasks, args.reps, lock, tag, args.lock_scope)
+
+            tools: dict[str, dict] = {}
+            for task in tasks:
+                runs = task.results
+                entry = {"label": task.label, "reps": len(runs)}
+                for key in ("total_s", "open_s", "segment_s", "tile_h5_s", "find_tissues_s", "tile_tissues_s"):
+                    if key in runs[0]:
+                        entry[key] = summarize([r[key] for r in runs])
+                entry.update({k: v for k, v in runs[-1].items() if not k.endswith("_s") and k != "h5"})
+                if "max_rss_mb" in runs[0]:
+                    entry["max_rss_mb"] = max(r["max_rss_mb"] for r in runs)
+                tools[task.tool] = entry
+            for name in segmenters:
+                if f"atlaspatch-{name}-cli" in tools:
+                    tools[f"atlaspatch-{name}-cli"]["num_patches"] = cli_num_patches(work / f"cli-{name}")
+            print(f"[{tag}] coverage …", file=sys.stderr, flush=True)
+            ref = Reference(slide_path)
+            size0 = info["patch_size_level0"]
+            cov = []
+            if "otsu" in segmenters:
+                with h5py.File(work / "inprocess-otsu" / f"{slide_path.stem}.h5", "r") as handle:
+                    ours = handle["coords"][:, :2].astype(np.int64)
+                cov.append(coverage(ref, lattice, size0, "AtlasPatch (otsu)", ours, info["mpp"], work / "cov-otsu.png"))
+            for config, server in servers.items():
+                lz = tools[f"lazyslide-{config}"]
+                lz["max_rss_mb"] = server.peak_rss_mb()
+                prefix = work / f"lazyslide-{config}"
+                with lock.held():  # untimed, but it is CPU work: keep it off others' timed runs
+                    lz.update(
+                        server.ask(
+                            op="save",
+                            slide=str(slide_path),
+                            config=lz_configs[config],
+                            tile_px=args.patch_size,
+                            mpp=info["lazyslide_mpp"],
+                            out_prefix=str(prefix),
+                        )
+                    )
+                lz["import_s"] = server.import_s
+                lz_size0 = lz["tile_size_level0"] or size0
+                name = f"LazySlide `{lz_configs[config]}`"
+                cov.append(
+                    coverage(
+                        ref,
+                        lattice,
+                        lz_size0,
+                        name,
+                        np.load(f"{prefix}.tiles.npy"),
+                        info["mpp"],
+                        work / f"cov-{config}.png",
+                    )
                 )
-            )
-        entry["reference"] = {
-            "level": ref.level,
-            "downsample": ref.downsample,
-            "tissue_fraction": float(ref.mask.mean()),
-        }
-        entry["coverage"] = cov
-        entry["lazyslide"] = lazies
-        if not args.no_profile:
-            entry["profile"] = profile_inprocess(slide_path, work, args.patch_size, args.target_mag)
-        results["slides"].append(entry)
-    results["bench_seconds"] = time.perf_counter() - started
+                cov.append(
+                    coverage(
+                        ref,
+                        lattice,
+                        lz_size0,
+                        f"{name} (no bg filter)",
+                        np.load(f"{prefix}.tiles-nofilter.npy"),
+                        info["mpp"],
+                    )
+                )
+            entry = {
+                **info,
+                "label": label,
+                "tools": tools,
+                "reference": {
+                    "level": ref.level,
+                    "downsample": ref.downsample,
+                    "tissue_fraction": float(ref.mask.mean()),
+                },
+                "coverage": cov,
+            }
+            if not args.no_profile and "otsu" in segmenters:
+                with lock.held():
+                    entry["profile"] = profile_inprocess(slide_path, work, args.patch_size, args.target_mag)
+            for name in segmenters if not args.no_profile and not args.skip_cli else []:
+                if name != "otsu" and results["slides"]:
+                    continue  # the heavy segmenters' imports: on the first slide only
+                cmd = [
+                    sys.executable,
+                    "-X",
+                    "importtime",
+                    "-m",
+                    "atlaspatch",
+                    *cli_args(
+                        slide_path,
+                        work / f"cli-importtime-{name}",
+                        args.patch_size,
+                        args.target_mag,
+                        name,
+                        model_dirs[name],
+                    ),
+                ]
+                with lock.held():
+                    imp = run_child(cmd, env=cli_env())
+                tools[f"atlaspatch-{name}-cli"]["importtime"] = parse_importtime(imp["stderr"])
+                tools[f"atlaspatch-{name}-cli"]["importtime"]["run_wall_s"] = imp["wall_s"]
+            slide_lock.__exit__(None, None, None)
+            results["slides"].append(entry)
+            # a partial report after every slide, so that an interrupted run still leaves something
+            write_report(results, args.out, started)
+    finally:
+        for server in servers.values():
+            server.close()
     results["machine"]["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
-    text = markdown(results)
-    (args.out / "segment_tile.md").write_text(text + "\n")
-    (args.out / "segment_tile.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    results["lock_waited_s"] = lock.waited_s
+    text = write_report(results, args.out, started)
     print(text)
+    if not args.no_plots:
+        for path in plot(results, args.img_dir):
+            print(f"wrote {path}", file=sys.stderr)
     print(
-        f"(benchmark took {results['bench_seconds']:.0f} s; wrote {args.out / 'segment_tile.md'} and .json)",
+        f"(benchmark took {results['bench_seconds']:.0f} s, {lock.waited_s:.0f} s of it waiting for the lock)",
         file=sys.stderr,
     )
     return 0
+
+
+def write_report(results: dict, out: Path, started: float) -> str:
+    results["bench_seconds"] = time.perf_counter() - started
+    text = markdown(results)
+    (out / "segment_tile.md").write_text(text + "\n")
+    (out / "segment_tile.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    return text
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 
     python bench/make_slide.py bench/out/mosaic-32768-20x.tiff --size 32768 --mpp 0.5 --seed 0
     python bench/make_slide.py bench/out/mosaic-32768-40x.tiff --size 32768 --mpp 0.25 --seed 0
+    python bench/make_slide.py bench/out/mosaic-32768-20x-sparse.tiff --size 32768 --mpp 0.5 --seed 1 --sparse
 
 The canvas is a grid of cells, each a little larger than the (rescaled) CMU tissue image. About 60% of the cells
 hold the whole tissue image, randomly rotated by a multiple of 90° and/or mirrored, at a random offset; some of
@@ -37,6 +38,8 @@ SOURCE_MPP_FALLBACK = 0.499
 TILE = 256
 GLASS_SATURATION = 15  # HSV saturation below this counts as glass when estimating the background colour
 TISSUE_SATURATION = 20
+DENSE_FILL, DENSE_FRAGMENT = 0.6, 0.15  # defaults: ≈ 14 % of the slide is tissue
+SPARSE_FILL, SPARSE_FRAGMENT = 0.1, 0.1  # --sparse: a few sections and fragments on mostly empty glass
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,8 @@ def build(
         "size": size,
         "mpp": mpp,
         "seed": seed,
+        "fill": fill,
+        "fragment": fragment,
         "downsamples": downsamples[: len(levels)],
         "levels": levels,
         "cell": cell,
@@ -291,10 +296,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--downsamples", default="1,4,16,64", help="comma-separated level downsamples")
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     parser.add_argument("--quality", type=int, default=85, help="JPEG quality")
-    parser.add_argument("--fill", type=float, default=0.6, help="fraction of cells holding the whole tissue image")
-    parser.add_argument("--fragment", type=float, default=0.15, help="fraction of cells holding a small fragment")
+    parser.add_argument(
+        "--fill", type=float, default=None, help="fraction of cells holding the whole tissue image (default 0.6)"
+    )
+    parser.add_argument(
+        "--fragment", type=float, default=None, help="fraction of cells holding a small fragment (default 0.15)"
+    )
+    parser.add_argument(
+        "--sparse",
+        action="store_true",
+        help=f"sparse tissue: --fill {SPARSE_FILL} --fragment {SPARSE_FRAGMENT} unless given (≈ 2–3 %% tissue)",
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even if OUT exists")
     args = parser.parse_args(argv)
+    default_fill, default_fragment = (SPARSE_FILL, SPARSE_FRAGMENT) if args.sparse else (DENSE_FILL, DENSE_FRAGMENT)
+    args.fill = default_fill if args.fill is None else args.fill
+    args.fragment = default_fragment if args.fragment is None else args.fragment
     downsamples = [int(v) for v in args.downsamples.split(",")]
     if downsamples[0] != 1 or sorted(downsamples) != downsamples:
         parser.error("--downsamples must start at 1 and increase")

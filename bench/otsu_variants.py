@@ -5,7 +5,7 @@
 
 Reads AtlasPatch's own thumbnail of the slide, builds tissue masks step by step (and a few alternatives),
 tiles each through AtlasPatch's lattice (mask_to_contours → TissueLattice, tissue_thresh 0) and scores the kept
-patches against the same reference as bench_segment_tile.py (d): level at downsample 16, HSV saturation > 20,
+patches against the same reference as bench_segment_tile.py's coverage: level at downsample 16, HSV saturation > 20,
 a patch has tissue if ≥ 5 % of its pixels are. The mask steps are re-implemented here (with otsu.py's constants),
 so the table stays meaningful while the package's segmenter changes; the first row is the package's own mask.
 Also writes bench/out/missed-patches.png: level-0 pixels of a sample of the tissue patches the package misses.
