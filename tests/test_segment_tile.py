@@ -11,7 +11,7 @@ import pytest
 
 from atlaspatch.errors import SlideError
 from atlaspatch.h5 import schema
-from atlaspatch.segmentation import mask_to_contours, rasterize
+from atlaspatch.segmentation import mask_to_contours, rasterize, thumbnail
 from atlaspatch.segmentation.otsu import OtsuSegmenter
 from atlaspatch.segmentation.thumbnail import thumbnail_size
 from atlaspatch.slides import open_slide
@@ -39,6 +39,18 @@ def test_thumbnail_is_1_25x_and_at_most_1024() -> None:
     assert thumbnail_size(2220, 2967, 20) == (139, 185)  # 20x / 1.25x = 16
     assert thumbnail_size(100_000, 80_000, 40) == (1024, 819)  # capped by the longest side
     assert thumbnail_size(16, 16, 20) == (1, 1)
+
+
+@pytest.mark.parametrize("name", ["CMU-1-Small-Region.svs", "CMU-1-Small-Region.pyramid.tiff"])
+def test_a_level_read_in_threaded_strips_equals_one_read(
+    slides_dir: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(thumbnail, "STRIP_MIN_ROWS", 1)
+    monkeypatch.setattr(thumbnail, "usable_cpus", lambda: 3)  # 3 strips: uneven bounds
+    with open_slide(slides_dir / name) as slide:
+        for level, (width, height) in enumerate(slide.reader.level_dimensions):
+            whole = slide.read_region((0, 0), level, (width, height))
+            assert np.array_equal(thumbnail._read_whole_level(slide, level, width, height), whole), level
 
 
 def test_otsu_finds_the_tissue(cmu) -> None:

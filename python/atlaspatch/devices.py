@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 from .errors import ConfigError
@@ -31,3 +32,11 @@ def resolve_torch_device(device: str, option: str = "--device") -> str:
         if index >= torch.cuda.device_count():
             raise ConfigError(f"{option} {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
     return device
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: what a batch scheduler or taskset granted)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1

@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 
 from .. import __version__
+from ..devices import usable_cpus
 from ..errors import H5Error, SlideError
 from ..h5 import schema
 from ..h5.atomic import atomic_h5
@@ -152,13 +153,6 @@ def _init_worker(stage_pid: int, _: int) -> None:
     cv2.setNumThreads(1)
     _fixed_mmap_threshold()
     _exit_when_gone(stage_pid)
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def worker_context() -> Any:
