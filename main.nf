@@ -315,6 +315,12 @@ workflow {
 
     ATLASPATCH ( ch_slides, ch_previous, mpp_csv, model_dir, plugins )
 
+    // Software versions of every process that ran, PREFLIGHT's included
+    PREFLIGHT.out.versions
+        .mix(ATLASPATCH.out.versions)
+        .collectFile(name: 'atlaspatch_software_versions.yml', storeDir: "${params.outdir}/pipeline_info",
+                     sort: true, newLine: false)
+
     // Summary of failed slides; the run's exit status is non-zero through workflow.failOnIgnore (nextflow.config).
     def run = workflow   // inside the handler closure `workflow` does not resolve to the run's metadata
     workflow.onComplete { summarise(run) }

@@ -418,6 +418,7 @@ def test_slurm_singularity_gpu_profile(resolved: dict[str, dict]) -> None:
     )
     assert "params.slurm_gpu_queue" in selector["queue"]
     assert config["executor"]["queueSize"] > 0
+    assert config["process"]["withName:PREFLIGHT"]["executor"] == "local"  # the parameter check never queues
 
 
 @pytest.mark.nextflow
@@ -434,6 +435,8 @@ def test_cloud_profiles(resolved: dict[str, dict]) -> None:
     assert google["google"]["batch"]["installGpuDrivers"] is True
     accelerator = gpu_selector(google)["accelerator"]
     assert "nvidia-tesla-t4" in accelerator and "workflow.profile.contains('gpu')" in accelerator
+    for cloud in (aws, google):  # object-store work dirs: PREFLIGHT runs on the cloud executor like every task
+        assert "executor" not in cloud["process"]["withName:PREFLIGHT"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -521,6 +524,8 @@ def test_slurm_singularity_gpu_jobs(tmp_path: Path, slides_dir: Path) -> None:
     for kind, (result, jobs) in runs.items():
         assert result.returncode == 0, f"{kind}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
         assert {"ATLASPATCH_SEGMENT", "ATLASPATCH_TILE"} <= set(jobs), (kind, sorted(jobs))
+        assert "PREFLIGHT" not in jobs, kind  # run on the head node (local executor), not submitted
+        assert "Submitted process > PREFLIGHT" in result.stdout, kind
         assert (tmp_path / kind / "results" / "patches" / f"{slide.stem}.h5").exists()
         tile = jobs["ATLASPATCH_TILE"]  # not a GPU task: the CPU partition and image, no GPU request
         assert {"-p", "cpuq", "--account=lab"} <= set(sbatch_options(tile)), kind

@@ -300,7 +300,7 @@ def test_embed_patches_matches_the_cli(embed_run, cli_embed_reference: Path, cmu
     assert sorted(r["process"] for r in rows) == ["ATLASPATCH:EMBED_PATCHES", "ATLASPATCH:SEGMENT", "ATLASPATCH:TILE"]
     assert {r["status"] for r in rows} == {"COMPLETED"}
     versions = (results / "pipeline_info" / "atlaspatch_software_versions.yml").read_text()
-    assert "ATLASPATCH:EMBED_PATCHES" in versions
+    assert all(f'"{process}":' in versions for process in ("PREFLIGHT", *(r["process"] for r in rows))), versions
     # copy-on-write: TILE's own H5 has coords but no features; the params reached the stage command
     tile = next(r for r in rows if r["process"] == "ATLASPATCH:TILE")
     with h5py.File(Path(tile["workdir"]) / "patches" / f"{cmu_svs.stem}.h5") as handle:

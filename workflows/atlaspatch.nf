@@ -45,13 +45,9 @@ workflow ATLASPATCH {
         ch_versions = ch_versions.mix(ENCODE_SLIDE.out.versions.first())
     }
 
-    ch_versions
-        .collectFile(name: 'atlaspatch_software_versions.yml', storeDir: "${params.outdir}/pipeline_info",
-                     sort: true, newLine: false)
-
     emit:
     h5            = ch_h5                 // channel: [ val(meta), path(h5) ] the last stage's per-slide H5
     images        = TILE.out.images       // channel: [ val(meta), path(images/<stem>) ]
     visualization = TILE.out.visualization
-    versions      = ch_versions           // channel: [ path(versions.yml) ]
+    versions      = ch_versions           // channel: [ path(versions.yml) ] one per stage that ran
 }
