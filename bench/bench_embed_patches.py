@@ -38,6 +38,8 @@ reaches ≥ 0.9 of the bare forward's patches/s on CPU, and peak memory stays fl
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -57,6 +59,11 @@ DEFAULT_SLIDE = OUT / "mosaic-32768-mpp0.5.tiff"
 RESNET18_PLUGIN = REPO / "examples" / "feature_plugins" / "my_resnet18.py"
 TINY = "bench_tiny"
 TARGET_RATIO = 0.9
+TARGET_VS_LAZYSLIDE = 1.5
+LOCK_PATH = Path("/tmp/atlaspatch-bench.lock")
+LAZYSLIDE_PYTHON = OUT / "venv-lazyslide" / "bin" / "python"
+LAZYSLIDE_RUNNER = BENCH / "lazyslide_features.py"
+LAZYSLIDE_MODELS = ("resnet50", "lunit_vit_small_patch8_dino")  # rebuilt with timm in lazyslide_features.py
 PATCH_SIZE = 224
 TARGET_MAG = 20
 
@@ -215,6 +222,59 @@ class StagePatch:
 
         for name, value in self.saved.items():
             setattr(stage, name, value)
+
+
+# --------------------------------------------------------------------------------------------------- lock
+
+
+@contextlib.contextmanager
+def bench_lock():
+    """The machine-wide benchmark lock (/tmp/atlaspatch-bench.lock, what `flock` takes): held around every timed
+    rep so that no two benchmarks on this shared 2-core machine ever overlap."""
+    with open(LOCK_PATH, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------------------------------- LazySlide
+
+
+class LazySlideServer:
+    """bench/lazyslide_features.py --serve in LazySlide's venv: one long-lived process per model (model built and
+    warm once), answering one JSON line per request, so its runs interleave with AtlasPatch's rep by rep."""
+
+    def __init__(self, python: Path) -> None:
+        self.proc = subprocess.Popen(
+            [str(python), str(LAZYSLIDE_RUNNER), "--serve"],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=open(OUT / "lazyslide_features.stderr", "a"),  # noqa: SIM115 - lives as long as the process
+            text=True,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
+
+    def ask(self, **request: Any) -> dict:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"LazySlide runner died; see {OUT / 'lazyslide_features.stderr'}")
+        reply = json.loads(line)
+        if not reply.pop("ok"):
+            raise RuntimeError(f"LazySlide runner: {reply['error']} (see {OUT / 'lazyslide_features.stderr'})")
+        return reply
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.ask(cmd="quit")
+        with contextlib.suppress(Exception):
+            self.proc.stdin.close()  # type: ignore[union-attr]
+        self.proc.wait(timeout=60)
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -521,8 +581,10 @@ def bench_model(
     with h5py.File(tiled_h5, "r") as handle:
         all_coords = handle["coords"][...]
     b = args.batch_size
-    n = args.patches or auto_patches(
-        encoder, slide_path, all_coords, b, args.seconds, min(args.max_patches, len(all_coords))
+    n = (
+        args.model_patches.get(name)
+        or args.patches
+        or auto_patches(encoder, slide_path, all_coords, b, args.seconds, min(args.max_patches, len(all_coords)))
     )
     n = min(n, len(all_coords))
     coords = all_coords[:n]
@@ -533,17 +595,59 @@ def bench_model(
     preload_s = time.perf_counter() - t
     if args.device.startswith("cuda"):
         batches = [x.pin_memory() for x in batches]
-    encoder.embed(batches[0])  # warm-up at the batch shape every run uses
-    runs: dict[str, list[dict]] = {"bare": [], "serial": [], **{f"stage_w{w}": [] for w in args.workers}}
+    first = encoder.embed(batches[0])  # warm-up at the batch shape every run uses
+    lazyslide = None
+    ls_info: dict = {}
+    ls_workers = args.lazyslide_workers if not args.skip_lazyslide and name in LAZYSLIDE_MODELS else []
+    if ls_workers:
+        print(f"[{name}] starting LazySlide ({args.lazyslide_python}) …", file=sys.stderr)
+        lazyslide = LazySlideServer(args.lazyslide_python)
+        with bench_lock():  # its warm-up batch
+            ls_info = lazyslide.ask(
+                cmd="setup",
+                slide=str(slide_path),
+                coords=coords.tolist(),
+                model=name,
+                weights=weights,
+                batch_size=b,
+            )
+    runs: dict[str, list[dict]] = {
+        "bare": [],
+        "serial": [],
+        **{f"stage_w{w}": [] for w in args.workers},
+        **{f"lazyslide_w{w}": [] for w in ls_workers},
+    }
     for rep in range(args.reps):
         print(f"[{name}] rep {rep + 1}/{args.reps}: bare forward …", file=sys.stderr)
-        runs["bare"].append(bare_forward(encoder, batches))
+        with bench_lock():
+            runs["bare"].append(bare_forward(encoder, batches))
         for w in args.workers:
             print(f"[{name}] rep {rep + 1}/{args.reps}: embed_patches, {w} worker(s) …", file=sys.stderr)
-            runs[f"stage_w{w}"].append(stage_inprocess(encoder, slide_path, h5_in, work, b, w))
+            with bench_lock():
+                runs[f"stage_w{w}"].append(stage_inprocess(encoder, slide_path, h5_in, work, b, w))
+        for w in ls_workers:
+            print(f"[{name}] rep {rep + 1}/{args.reps}: LazySlide feature_extraction, {w} worker(s) …", file=sys.stderr)
+            with bench_lock():
+                result = lazyslide.ask(cmd="run", n=n, workers=w)  # type: ignore[union-attr]
+            result.pop("first", None)
+            runs[f"lazyslide_w{w}"].append(result)
         if not args.skip_serial:
             print(f"[{name}] rep {rep + 1}/{args.reps}: serial reader …", file=sys.stderr)
-            runs["serial"].append(serial_reader(encoder, slide_path, coords, b))
+            with bench_lock():
+                runs["serial"].append(serial_reader(encoder, slide_path, coords, b))
+    if lazyslide is not None:
+        # same pixels, same weights, same architecture: the features must agree (the transforms differ only in
+        # where they resize: AtlasPatch PIL on uint8, LazySlide torchvision on float32)
+        check = lazyslide.ask(cmd="run", n=b, workers=0)
+        ls_first = check.pop("first")
+        diff = (first[: len(ls_first)] - __import__("torch").tensor(ls_first)).abs()
+        ls_info["feature_check"] = {
+            "patches": len(ls_first),
+            "max_abs_diff": float(diff.max()),
+            "max_abs_feature": float(first.abs().max()),
+            "mean_abs_diff": float(diff.mean()),
+        }
+        lazyslide.close()
     del batches
     result = {
         "model": name,
@@ -559,6 +663,7 @@ def bench_model(
         "batch_size": b,
         "reps": args.reps,
         "runs": runs,
+        "lazyslide": ls_info,
         "loadavg": loadavg(),
     }
     result["summary"] = summarize_model(result)
@@ -598,12 +703,14 @@ def bench_variants(
     runs: dict[int, list[dict]] = {i: [] for i in range(len(STAGE_VARIANTS))}
     for rep in range(args.variant_reps):
         print(f"[variants {name}] rep {rep + 1}/{args.variant_reps}: bare forward …", file=sys.stderr)
-        bare.append(bare_forward(encoder, batches))
+        with bench_lock():
+            bare.append(bare_forward(encoder, batches))
         for i, (label, workers, variant) in enumerate(STAGE_VARIANTS):
             print(
                 f"[variants {name}] rep {rep + 1}/{args.variant_reps}: {label}, {workers} worker(s) …", file=sys.stderr
             )
-            runs[i].append(stage_inprocess(encoder, slide_path, h5_in, work, b, workers, variant))
+            with bench_lock():
+                runs[i].append(stage_inprocess(encoder, slide_path, h5_in, work, b, workers, variant))
     del batches
     bare_rate = statistics.median(r["patches_per_s"] for r in bare)
     bare_s = statistics.median(r["seconds"] for r in bare)
@@ -654,6 +761,10 @@ def summarize_model(result: dict) -> dict:
             # the forward inside the stage vs the same forward alone: > 1 = the loader's processes slow it down
             entry["forward_slowdown"] = statistics.median(r["model_s"] for r in values) / bare_s
         out[key] = entry
+    stage = [v["patches_per_s"] for k, v in out.items() if k.startswith("stage_")]
+    ls = [v["patches_per_s"] for k, v in out.items() if k.startswith("lazyslide_")]
+    if stage and ls:
+        out["vs_lazyslide"] = max(stage) / max(ls)
     return out
 
 
@@ -845,7 +956,8 @@ def memory_sweep(
                 "--force",
             ]
             print(f"[memory] {model} ({variant}): {count} patches, {workers} workers …", file=sys.stderr)
-            result = cli_memory(cmd)
+            with bench_lock():
+                result = cli_memory(cmd)
             result.update(variant=variant, patches=count, workers=workers, patches_per_s=count / result["wall_s"])
             rows.append(result)
     command = " ".join(
@@ -884,14 +996,17 @@ def markdown(results: dict) -> str:
         "here): the figures are throughput only.",
         "",
     ]
+    ls_workers = results.get("lazyslide_workers", [])
     if results["models"]:
         lines += [
             f"Throughput, patches/s (median of the reps); in brackets ÷ the bare forward (target ≥ {TARGET_RATIO:g}):",
             "",
             "| model | N | batch | reps | bare forward | "
             + " | ".join(f"embed_patches, {w} worker{'s' if w != 1 else ''}" for w in results["workers"])
-            + " | serial reader |",
-            "|---|---:|---:|---:|---:|" + "---:|" * (len(results["workers"]) + 1),
+            + " | serial reader | "
+            + " | ".join(f"LazySlide, {w} worker{'s' if w != 1 else ''}" for w in ls_workers)
+            + (" | best embed_patches ÷ best LazySlide |" if ls_workers else ""),
+            "|---|---:|---:|---:|---:|" + "---:|" * (len(results["workers"]) + 1 + len(ls_workers) + bool(ls_workers)),
         ]
         for r in results["models"]:
             s = r["summary"]
@@ -901,6 +1016,12 @@ def markdown(results: dict) -> str:
                 cells.append("–" if e is None else f"**{fmt(e['patches_per_s'], 2)}** ({e['ratio']:.2f})")
             ser = s.get("serial")
             cells.append("–" if ser is None else f"{fmt(ser['patches_per_s'], 2)} ({ser['ratio']:.2f})")
+            for w in ls_workers:
+                e = s.get(f"lazyslide_w{w}")
+                cells.append("–" if e is None else f"{fmt(e['patches_per_s'], 2)} ({e['ratio']:.2f})")
+            if ls_workers:
+                vs = s.get("vs_lazyslide")
+                cells.append("–" if vs is None else f"**{vs:.2f}×**")
             lines.append(
                 f"| {r['model']} ({r['family']}, {r['dim']}-d; {r['preprocess']}) | {r['patches']} | "
                 f"{r['batch_size']} | {r['reps']} | {fmt(s['bare']['patches_per_s'], 2)} | " + " | ".join(cells) + " |"
@@ -937,6 +1058,16 @@ def markdown(results: dict) -> str:
                 f"{1000 * r['preload_s'] / r['patches']:.1f} ms/patch vs the forward's "
                 f"{1000 / r['summary']['bare']['patches_per_s']:.0f} ms/patch."
             )
+            vs = r["summary"].get("vs_lazyslide")
+            if vs is not None:
+                check = r["lazyslide"].get("feature_check", {})
+                lines.append(
+                    f"  vs LazySlide {r['lazyslide']['versions']['lazyslide']} `feature_extraction` (best of "
+                    f"num_workers {', '.join(map(str, ls_workers))}): **{vs:.2f}×** "
+                    f"({'meets' if vs >= TARGET_VS_LAZYSLIDE else 'MISSES'} the {TARGET_VS_LAZYSLIDE:g}× target); "
+                    f"features agree to max |Δ| {check.get('max_abs_diff', float('nan')):.2e} (largest |feature| "
+                    f"{check.get('max_abs_feature', float('nan')):.2e}) on the first {check.get('patches')} patches."
+                )
         lines.append("")
     v = results.get("variants")
     if v:
@@ -1013,6 +1144,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=parse_ints, default=[1, 2], help="DataLoader workers to try, e.g. 1,2")
     parser.add_argument("--patches", type=int, help="patches per run (default: about --seconds of bare forward)")
+    parser.add_argument(
+        "--model-patches",
+        type=lambda text: {k: int(v) for k, _, v in (i.partition("=") for i in text.replace(",", " ").split())},
+        default={},
+        help="per-model patch counts, e.g. resnet50=256,lunit_vit_small_patch8_dino=96 (beat --patches)",
+    )
     parser.add_argument("--seconds", type=float, default=10, help="target length of one run when --patches is unset")
     parser.add_argument("--max-patches", type=int, default=2048, help="cap of the automatic patch count")
     parser.add_argument(
@@ -1021,6 +1158,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="float32")
     parser.add_argument("--skip-serial", action="store_true")
+    parser.add_argument(
+        "--lazyslide-workers",
+        type=parse_ints,
+        default=[0, 2],
+        help="num_workers of LazySlide's feature_extraction to try (0 = its default)",
+    )
+    parser.add_argument("--lazyslide-python", type=Path, default=LAZYSLIDE_PYTHON)
+    parser.add_argument("--skip-lazyslide", action="store_true")
     parser.add_argument("--variant-model", default="my_resnet18", help="model of the stage-variant runs")
     parser.add_argument("--variant-seconds", type=float, default=10, help="length of one variant run")
     parser.add_argument("--variant-reps", type=int, default=2)
@@ -1064,6 +1209,7 @@ def main(argv: list[str] | None = None) -> int:
         "reps": args.reps,
         "workers": args.workers,
         "batch_size": args.batch_size,
+        "lazyslide_workers": [] if args.skip_lazyslide else args.lazyslide_workers,
         "models": [],
     }
     started = time.perf_counter()
