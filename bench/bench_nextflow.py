@@ -19,12 +19,25 @@ benchmarks, so they never overlap): wall of each run (GNU time, inside the lock)
 modes are compared slide by slide (coords, features, slide embedding).
 
 Writes bench/out/nextflow.md and .json, and the plot docs/img/nextflow_vs_inprocess.png (needs matplotlib).
+
+A realistic CPU encoder instead of bench_tiny: `--encoder my_resnet18` (examples/feature_plugins/my_resnet18.py,
+timm ResNet-18, 512-d, with `--slide-encoders mean-my_resnet18`; its random-init weights are the ones
+bench/bench_embed_patches.py writes under bench/out/embed/random-weights/my_resnet18/resnet18.pth, written here too
+if missing, and that folder is passed as --model-dir / --model_dir in both modes). Its runs go to
+bench/out/nextflow/runs-my_resnet18/ and its results to bench/out/nextflow-my_resnet18.md/.json and the plot
+bench/out/nextflow-my_resnet18.png, so the bench_tiny results stay. `--modes` picks the modes; mode `nextflow-c1` is
+`nextflow` with NXF_OPTS=-XX:TieredStopAtLevel=1 (C1 only, the flag the official launcher uses for commands other
+than `run`), and with it the JVM start and the all-cached -resume are timed under that flag too (how much of
+Nextflow's fixed cost is JIT). E.g. (about 5 min a run on 2 cores):
+
+    .venv/bin/python bench/bench_nextflow.py --encoder my_resnet18 --modes in-process,nextflow,nextflow-c1 --reps 1
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import platform
@@ -33,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,44 +55,105 @@ REPO = BENCH.parent
 OUT = BENCH / "out"
 ROOT = OUT / "nextflow"
 NEXTFLOW = REPO / "tools" / "nextflow" / "nextflow"
-PLUGIN_SOURCE = BENCH / "bench_embed_patches.py"
-PLUGIN = ROOT / "bench_tiny_plugin.py"  # a copy: Nextflow caches on the file's mtime, and the source is edited often
 LOCK = "/tmp/atlaspatch-bench.lock"
-PLOT = REPO / "docs" / "img" / "nextflow_vs_inprocess.png"
-SLIDE_ENCODER = "mean-bench_tiny"
 TARGET_RATIO = 1.3
 PAIRS = ROOT / "two-tasks-at-once.config"  # -c: the local executor may use 4 CPUs, so two 2-CPU tasks run at once
-MODES = ("in-process", "nextflow", "nextflow-2x")
+MODES = ("in-process", "nextflow", "nextflow-2x", "nextflow-c1")
+DEFAULT_MODES = ("in-process", "nextflow", "nextflow-2x")
+C1_OPTS = "-XX:TieredStopAtLevel=1"  # NXF_OPTS of mode nextflow-c1: the JVM's C1 compiler only, no C2
 STAGES = ("PREFLIGHT", "ATLASPATCH:SEGMENT", "ATLASPATCH:TILE", "ATLASPATCH:EMBED_PATCHES", "ATLASPATCH:ENCODE_SLIDE")
-
-CLI_ARGS = (
-    "--slide-encoders", SLIDE_ENCODER, "--feature-plugin", str(PLUGIN), "--patch-size", "224", "--target-mag", "20",
-    "--segmenter", "otsu", "--device", "cpu", "--feature-device", "cpu", "--feature-precision", "float32",
-    "--feature-batch-size", "32", "--feature-num-workers", "2", "--patch-workers", "2",
-)  # fmt: skip
-NF_ARGS = (
-    "-profile", "test", "--slide_encoders", SLIDE_ENCODER, "--feature_plugin", str(PLUGIN),
-    "--segmenter", "otsu", "--device", "cpu", "--feature_device", "cpu", "--feature_precision", "float32",
-    "--feature_batch_size", "32", "--feature_num_workers", "2", "--patch_workers", "2",
-)  # fmt: skip
+RANDOM_WEIGHTS = OUT / "embed" / "random-weights"  # bench/bench_embed_patches.py's --model-dir
 
 
-def env() -> dict[str, str]:
-    """Tasks find this venv's `atlaspatch` first on PATH; no network."""
+@dataclass(frozen=True)
+class Setup:
+    """The patch encoder, its plugin (copied: Nextflow caches on the file's mtime, and sources get edited), where the
+    results go."""
+
+    encoder: str
+    plugin_source: Path
+    model_dir: Path | None = None
+
+    @property
+    def suffix(self) -> str:
+        return "" if self.encoder == "bench_tiny" else f"-{self.encoder}"
+
+    @property
+    def slide_encoder(self) -> str:
+        return f"mean-{self.encoder}"
+
+    @property
+    def plugin(self) -> Path:
+        return ROOT / f"{self.encoder}_plugin.py"
+
+    @property
+    def runs(self) -> Path:
+        return ROOT / f"runs{self.suffix}"
+
+    @property
+    def report(self) -> Path:
+        return OUT / f"nextflow{self.suffix}"
+
+    @property
+    def plot(self) -> Path:
+        return self.report.with_suffix(".png") if self.suffix else REPO / "docs" / "img" / "nextflow_vs_inprocess.png"
+
+    def cli_args(self) -> tuple[str, ...]:
+        return (
+            "--slide-encoders", self.slide_encoder, "--feature-plugin", str(self.plugin), "--patch-size", "224",
+            "--target-mag", "20", "--segmenter", "otsu", "--device", "cpu", "--feature-device", "cpu",
+            "--feature-precision", "float32", "--feature-batch-size", "32", "--feature-num-workers", "2",
+            "--patch-workers", "2", *(("--model-dir", str(self.model_dir)) if self.model_dir else ()),
+        )  # fmt: skip
+
+    def nf_args(self) -> tuple[str, ...]:
+        return (
+            "-profile", "test", "--slide_encoders", self.slide_encoder, "--feature_plugin", str(self.plugin),
+            "--segmenter", "otsu", "--device", "cpu", "--feature_device", "cpu", "--feature_precision", "float32",
+            "--feature_batch_size", "32", "--feature_num_workers", "2", "--patch_workers", "2",
+            *(("--model_dir", str(self.model_dir)) if self.model_dir else ()),
+        )  # fmt: skip
+
+
+SETUPS = {
+    "bench_tiny": Setup("bench_tiny", BENCH / "bench_embed_patches.py"),  # 4×4 average pool + linear, no weights
+    "my_resnet18": Setup("my_resnet18", REPO / "examples" / "feature_plugins" / "my_resnet18.py", RANDOM_WEIGHTS),
+}
+
+
+def env(nxf_opts: str | None = None) -> dict[str, str]:
+    """Tasks find this venv's `atlaspatch` first on PATH; no network. NXF_OPTS only where given."""
     return {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "NXF_HOME": str(ROOT / ".nxf-home"),
         "NXF_ANSI_LOG": "false",
         "HF_HUB_OFFLINE": "1",
+        **({"NXF_OPTS": nxf_opts} if nxf_opts else {}),
     }
 
 
-def copy_plugin() -> None:
-    """bench/bench_embed_patches.py (which registers bench_tiny) copied once, so its edits never bust the cache."""
-    if not PLUGIN.exists() or PLUGIN.read_bytes() != PLUGIN_SOURCE.read_bytes():
+def copy_plugin(setup: Setup) -> None:
+    """The plugin copied once (bench_tiny: bench/bench_embed_patches.py), so its edits never bust the cache."""
+    if not setup.plugin.exists() or setup.plugin.read_bytes() != setup.plugin_source.read_bytes():
         ROOT.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(PLUGIN_SOURCE, PLUGIN)
+        shutil.copyfile(setup.plugin_source, setup.plugin)
+
+
+def ensure_weights(setup: Setup) -> None:
+    """Random-init weights where --model-dir looks, by bench/bench_embed_patches.py's recipe (kept if there)."""
+    if setup.model_dir is None:
+        return
+    from atlaspatch.encoders.patch import patch_encoder_registry
+
+    spec = patch_encoder_registry([setup.plugin]).get(setup.encoder)
+    if spec.weights is None or (setup.model_dir / spec.weights.name / spec.weights.filename).exists():
+        return
+    loader = importlib.util.spec_from_file_location("bench_embed_patches", BENCH / "bench_embed_patches.py")
+    assert loader is not None and loader.loader is not None
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    module.random_weights(spec, setup.model_dir)
 
 
 def make_slides(count: int, size: int) -> Path:
@@ -98,42 +173,58 @@ def make_slides(count: int, size: int) -> Path:
     return inputs
 
 
-def timed(cmd: list[str], cwd: Path, log: Path) -> tuple[float, int]:
+def timed(cmd: list[str], cwd: Path, log: Path, nxf_opts: str | None = None) -> tuple[float, int]:
     """Wall seconds of `cmd` measured inside the benchmark lock (waiting for the lock is not counted)."""
     cwd.mkdir(parents=True, exist_ok=True)
     seconds = cwd / "wall.txt"
     with log.open("w") as handle:
         rc = subprocess.run(
             ["flock", LOCK, "/usr/bin/time", "-f", "%e", "-o", str(seconds), *cmd],
-            cwd=cwd, env=env(), stdout=handle, stderr=subprocess.STDOUT,
+            cwd=cwd, env=env(nxf_opts), stdout=handle, stderr=subprocess.STDOUT,
         ).returncode  # fmt: skip
     return float(seconds.read_text().split()[-1]), rc
 
 
-def run_inprocess(slides: Path, tag: str) -> dict[str, Any]:
-    where = ROOT / "runs" / tag
+def run_inprocess(setup: Setup, slides: Path, tag: str) -> dict[str, Any]:
+    where = setup.runs / tag
     shutil.rmtree(where, ignore_errors=True)
     cmd = [str(Path(sys.executable).parent / "atlaspatch"), "encode-slide", str(slides), "-o", str(where / "out"),
-           *CLI_ARGS]  # fmt: skip
+           *setup.cli_args()]  # fmt: skip
     wall, rc = timed(cmd, where, where / "run.log")
     return {"mode": "in-process", "tag": tag, "wall_s": wall, "rc": rc, "out": str(where / "out")}
 
 
-def run_nextflow_2x(slides: Path, tag: str) -> dict[str, Any]:
-    return {**run_nextflow(slides, tag, extra=("-c", str(PAIRS))), "mode": "nextflow-2x"}
+def run_nextflow_2x(setup: Setup, slides: Path, tag: str) -> dict[str, Any]:
+    return {**run_nextflow(setup, slides, tag, extra=("-c", str(PAIRS))), "mode": "nextflow-2x"}
 
 
-def run_nextflow(slides: Path, tag: str, resume_of: Path | None = None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    where = resume_of or ROOT / "runs" / tag
+def run_nextflow_c1(setup: Setup, slides: Path, tag: str) -> dict[str, Any]:
+    return {**run_nextflow(setup, slides, tag, nxf_opts=C1_OPTS), "mode": "nextflow-c1"}
+
+
+def run_nextflow(
+    setup: Setup,
+    slides: Path,
+    tag: str,
+    resume_of: Path | None = None,
+    extra: tuple[str, ...] = (),
+    nxf_opts: str | None = None,
+) -> dict[str, Any]:
+    where = resume_of or setup.runs / tag
     if resume_of is None:
         shutil.rmtree(where, ignore_errors=True)
-    cmd = [str(NEXTFLOW), "run", str(REPO), *NF_ARGS, "--input", str(slides), "--outdir", str(where / "out"),
+    cmd = [str(NEXTFLOW), "run", str(REPO), *setup.nf_args(), "--input", str(slides), "--outdir", str(where / "out"),
            "-work-dir", str(where / "work"), *extra, *(["-resume"] if resume_of else [])]  # fmt: skip
     time.sleep(1.1)  # the trace file is named by the start second: never reuse the previous run's
-    wall, rc = timed(cmd, where, where / ("resume.log" if resume_of else "run.log"))
+    log = where / (f"resume{'-c1' if nxf_opts else ''}.log" if resume_of else "run.log")
+    wall, rc = timed(cmd, where, log, nxf_opts)
     rows = trace(where / "out")
     return {"mode": "nextflow-resume" if resume_of else "nextflow", "tag": tag, "wall_s": wall, "rc": rc,
             "out": str(where / "out"), "where": str(where), "tasks": rows}  # fmt: skip
+
+
+RUNS = {"in-process": run_inprocess, "nextflow": run_nextflow, "nextflow-2x": run_nextflow_2x,
+        "nextflow-c1": run_nextflow_c1}  # fmt: skip
 
 
 def trace(outdir: Path) -> list[dict[str, str]]:
@@ -179,7 +270,7 @@ def stage_table(tasks: list[dict[str, str]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def compare(inprocess: Path, nextflow: Path) -> dict[str, Any]:
+def compare(setup: Setup, inprocess: Path, nextflow: Path) -> dict[str, Any]:
     import h5py
     import numpy as np
 
@@ -191,7 +282,7 @@ def compare(inprocess: Path, nextflow: Path) -> dict[str, Any]:
         with h5py.File(a_path) as a, h5py.File(b_path) as b:
             equal &= bool(np.array_equal(a["coords"][()], b["coords"][()]))
             patches += a["coords"].shape[0]
-            for name in ("features/bench_tiny", f"slide_features/{SLIDE_ENCODER}"):
+            for name in (f"features/{setup.encoder}", f"slide_features/{setup.slide_encoder}"):
                 equal &= a[name].shape == b[name].shape
                 diffs.append(
                     float(np.max(np.abs(a[name][()] - b[name][()]))) if a[name].shape == b[name].shape else 1e9
@@ -200,9 +291,9 @@ def compare(inprocess: Path, nextflow: Path) -> dict[str, Any]:
     return result
 
 
-def jvm_start(reps: int) -> list[float]:
-    where = ROOT / "runs" / "jvm"
-    return [timed([str(NEXTFLOW), "-version"], where, where / "version.log")[0] for _ in range(reps)]
+def jvm_start(setup: Setup, reps: int, nxf_opts: str | None = None) -> list[float]:
+    where = setup.runs / "jvm"
+    return [timed([str(NEXTFLOW), "-version"], where, where / "version.log", nxf_opts)[0] for _ in range(reps)]
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -212,16 +303,18 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [1.1, 1.5]})
-    modes = [
-        ("in-process", "atlaspatch\nencode-slide\n(one process)"),
-        ("nextflow", "nextflow run\n(-profile test,\n1 task at a time)"),
-        ("nextflow-2x", "nextflow run\n(2 tasks\nat once)"),
-    ]
+    labels = {
+        "in-process": ("atlaspatch\nencode-slide\n(one process)", "#4C72B0"),
+        "nextflow": ("nextflow run\n(-profile test,\n1 task at a time)", "#DD8452"),
+        "nextflow-2x": ("nextflow run\n(2 tasks\nat once)", "#C44E52"),
+        "nextflow-c1": ("nextflow run\n(NXF_OPTS=\n" + C1_OPTS.removeprefix("-XX:") + ")", "#8172B2"),
+    }
+    modes = [(mode, labels[mode][0]) for mode in MODES if report["walls"].get(mode)]
     base = statistics.median(report["walls"]["in-process"])
     for i, (mode, _label) in enumerate(modes):
         walls = report["walls"][mode]
         median = statistics.median(walls)
-        left.bar(i, median, color=("#4C72B0", "#DD8452", "#C44E52")[i], width=0.6)
+        left.bar(i, median, color=labels[mode][1], width=0.6)
         left.scatter([i] * len(walls), walls, color="black", s=14, zorder=3)
         left.text(i, median, f"{median:.0f} s\n{median / base:.2f}×", ha="center", va="bottom", fontsize=9)
     left.axhline(TARGET_RATIO * base, color="grey", ls="--", lw=1, label=f"target: {TARGET_RATIO}× in-process")
@@ -229,7 +322,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     left.set_xticks(range(len(modes)), [label for _, label in modes], fontsize=8)
     left.margins(y=0.15)
     left.set_ylabel("wall time, s (median; dots: reps)")
-    left.set_title(f"{report['slides']} slides, {report['size']}² px at 20×, {report['patches']} patches", fontsize=10)
+    left.set_title(f"{report['slides']} slides, {report['size']}² px at 20×, {report['patches']} patches, "
+                   f"{report.get('encoder', 'bench_tiny')}", fontsize=10)  # fmt: skip
 
     stages = report["stages"]
     names = [s.split(":")[-1] for s in stages]
@@ -251,23 +345,33 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    med = {mode: statistics.median(walls) for mode, walls in report["walls"].items()}
+    slide_encoder = f"mean-{report.get('encoder', 'bench_tiny')}"
+    med = {mode: statistics.median(walls) for mode, walls in report["walls"].items() if walls}
     lines = [
         f"## Nextflow vs in-process: {report['slides']} slides of {report['size']}² px at 20× ({report['patches']} "
-        f"patches), `--slide-encoders {SLIDE_ENCODER}`",
+        f"patches), `--slide-encoders {slide_encoder}`",
         "",
         f"Machine: {report['machine']}. {report['reps']} reps per mode, interleaved, each under `flock {LOCK}`.",
         "",
         "| mode | wall, median (s) | reps (s) | ratio to in-process |",
         "|---|---:|---|---:|",
     ]
-    for mode in MODES:
+    for mode in (m for m in MODES if m in med):
         reps = ", ".join(f"{w:.1f}" for w in report["walls"][mode])
         lines.append(f"| {mode} | {med[mode]:.1f} | {reps} | {med[mode] / med['in-process']:.2f} |")
     lines += [
         f"| Nextflow fixed: JVM start (`nextflow -version`) | {statistics.median(report['jvm_walls']):.1f} | "
         f"{', '.join(f'{w:.1f}' for w in report['jvm_walls'])} | |",
         f"| Nextflow fixed: `-resume`, every task cached | {report['cached_resume_s']:.1f} | | |",
+    ]
+    if report.get("jvm_walls_c1"):
+        lines += [
+            f"| Nextflow fixed, `NXF_OPTS={C1_OPTS}`: JVM start | {statistics.median(report['jvm_walls_c1']):.1f} | "
+            f"{', '.join(f'{w:.1f}' for w in report['jvm_walls_c1'])} | |",
+            f"| Nextflow fixed, `NXF_OPTS={C1_OPTS}`: `-resume`, every task cached | "
+            f"{report['cached_resume_c1_s']:.1f} | | |",
+        ]
+    lines += [
         "",
         f"Target: Nextflow ≤ {TARGET_RATIO}× in-process → **{'met' if report['ratio'] <= TARGET_RATIO else 'not met'}**"
         f" ({report['ratio']:.2f}×).",
@@ -282,16 +386,20 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{v['cpu_pct_mean']:.0f} | {v['peak_rss_max_mb']:.0f} |")  # fmt: skip
     total = sum(v["realtime_sum_s"] for v in report["stages"].values())
     eq = report["equal"]
+    other = report.get("equal_other", {"nextflow-2x": report.get("equal_2x")})
+    others = "; ".join(
+        f"{mode}: {e['coords_and_shapes_equal']}, {e['max_abs_diff']:.3g}" for mode, e in other.items() if e
+    )
     lines += [
         f"| all tasks | {sum(v['tasks'] for v in report['stages'].values())} | {total:.1f} | | | |",
         "",
         f"Outputs: {eq['slides']} H5s per mode; coords and dataset shapes equal: {eq['coords_and_shapes_equal']}; "
-        f"max |Δ| over features/bench_tiny and slide_features/{SLIDE_ENCODER}: {eq['max_abs_diff']:.3g} "
-        f"(nextflow-2x: {report['equal_2x']['coords_and_shapes_equal']}, {report['equal_2x']['max_abs_diff']:.3g}).",
+        f"max |Δ| over features/{report.get('encoder', 'bench_tiny')} and slide_features/{slide_encoder}: "
+        f"{eq['max_abs_diff']:.3g}" + (f" ({others})." if others else "."),
         "",
         "Modes: `in-process` = one `atlaspatch encode-slide` over the folder; `nextflow` = `nextflow run . -profile "
         "test` (2-CPU tasks on the 2-CPU local executor: one task at a time); `nextflow-2x` = the same with "
-        "`executor.cpus = 4` (two tasks at once).",
+        f"`executor.cpus = 4` (two tasks at once); `nextflow-c1` = `nextflow` with `NXF_OPTS={C1_OPTS}`.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -310,15 +418,24 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=16384, help="mosaic width = height, px at 20×")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--budget-min", type=float, default=20.0, help="start no rep after this (2 reps at least)")
+    parser.add_argument("--encoder", choices=sorted(SETUPS), default="bench_tiny",
+                        help="patch encoder, slide encoder mean-<it>; not bench_tiny: to nextflow-<it>.*")  # fmt: skip
+    parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
+                        help=f"comma-separated, of {', '.join(MODES)}; in-process and nextflow always")  # fmt: skip
     parser.add_argument("--no-plot", action="store_true")
-    parser.add_argument("--replot", action="store_true", help="only redraw the plot from bench/out/nextflow.json")
+    parser.add_argument("--replot", action="store_true", help="only redraw the plot from the --encoder's JSON")
     args = parser.parse_args()
+    setup = SETUPS[args.encoder]
+    modes = [m for m in MODES if m in {"in-process", "nextflow", *args.modes.split(",")}]
+    if unknown := set(args.modes.split(",")) - set(MODES):
+        parser.error(f"--modes: unknown {', '.join(sorted(unknown))}")
     if args.replot:
-        plot(json.loads((OUT / "nextflow.json").read_text()), PLOT)
+        plot(json.loads(setup.report.with_suffix(".json").read_text()), setup.plot)
         return
     start = time.monotonic()
 
-    copy_plugin()
+    copy_plugin(setup)
+    ensure_weights(setup)
     slides = make_slides(args.slides, args.size)
     PAIRS.write_text("executor.cpus = 4\n")
     runs: list[dict[str, Any]] = []
@@ -326,45 +443,59 @@ def main() -> None:
         if rep >= 2 and time.monotonic() - start > 60 * args.budget_min:
             print(f"budget of {args.budget_min} min spent: {rep} reps", flush=True)
             break
-        order = [run_inprocess, run_nextflow, run_nextflow_2x]
-        for run in order[rep % 3 :] + order[: rep % 3]:
-            result = run(slides, f"{run.__name__.removeprefix('run_')}-{rep}")
+        order = [RUNS[m] for m in modes]
+        shift = rep % len(order)
+        for run in order[shift:] + order[:shift]:
+            result = run(setup, slides, f"{run.__name__.removeprefix('run_')}-{rep}")
             print(f"rep {rep} {result['mode']}: {result['wall_s']:.1f} s (rc {result['rc']})", flush=True)
             assert result["rc"] == 0, f"{result['mode']} failed: see {result['out']}/../run.log"
             runs.append(result)
 
-    walls = {m: [r["wall_s"] for r in runs if r["mode"] == m] for m in MODES}
+    walls = {m: [r["wall_s"] for r in runs if r["mode"] == m] for m in modes}
     nf_runs = sorted((r for r in runs if r["mode"] == "nextflow"), key=lambda r: r["wall_s"])
     median_nf = nf_runs[len(nf_runs) // 2]
-    resume = run_nextflow(slides, "resume", resume_of=Path(median_nf["where"]))
+    resume = run_nextflow(setup, slides, "resume", resume_of=Path(median_nf["where"]))
     assert resume["rc"] == 0 and {t["status"] for t in resume["tasks"]} == {"CACHED"}, resume
-    jvm = jvm_start(3)
+    jvm = jvm_start(setup, 3)
+    c1: dict[str, Any] = {}
+    if "nextflow-c1" in modes:
+        resume_c1 = run_nextflow(setup, slides, "resume", resume_of=Path(median_nf["where"]), nxf_opts=C1_OPTS)
+        assert resume_c1["rc"] == 0 and {t["status"] for t in resume_c1["tasks"]} == {"CACHED"}, resume_c1
+        c1_runs = sorted((r for r in runs if r["mode"] == "nextflow-c1"), key=lambda r: r["wall_s"])
+        c1 = {"jvm_walls_c1": jvm_start(setup, 3, C1_OPTS), "cached_resume_c1_s": resume_c1["wall_s"],
+              "stages_c1": stage_table(c1_runs[len(c1_runs) // 2]["tasks"])}  # fmt: skip
     last_in = next(r for r in reversed(runs) if r["mode"] == "in-process")
-    equal = compare(Path(last_in["out"]), Path(median_nf["out"]))
+    equal = compare(setup, Path(last_in["out"]), Path(median_nf["out"]))
+    equal_other = {
+        mode: compare(setup, Path(last_in["out"]), Path(next(r for r in reversed(runs) if r["mode"] == mode)["out"]))
+        for mode in modes if mode not in ("in-process", "nextflow")
+    }  # fmt: skip
 
     ratio = statistics.median(walls["nextflow"]) / statistics.median(walls["in-process"])
-    pairs = next(r for r in reversed(runs) if r["mode"] == "nextflow-2x")
-    equal_2x = compare(Path(last_in["out"]), Path(pairs["out"]))
     report = {
-        "machine": machine(), "slides": args.slides, "size": args.size, "reps": len(walls["nextflow"]),
-        "patches": equal["patches"], "walls": walls, "ratio": ratio, "target_ratio": TARGET_RATIO,
-        "jvm_walls": jvm, "jvm_start_s": statistics.median(jvm), "cached_resume_s": resume["wall_s"],
-        "stages": stage_table(median_nf["tasks"]), "equal": equal, "equal_2x": equal_2x,
+        "machine": machine(), "encoder": setup.encoder, "slides": args.slides, "size": args.size,
+        "reps": len(walls["nextflow"]), "patches": equal["patches"], "walls": walls, "ratio": ratio,
+        "target_ratio": TARGET_RATIO, "jvm_walls": jvm, "jvm_start_s": statistics.median(jvm),
+        "cached_resume_s": resume["wall_s"], **c1, "stages": stage_table(median_nf["tasks"]), "equal": equal,
+        **({"equal_2x": equal_other["nextflow-2x"]} if "nextflow-2x" in equal_other else {}),
+        "equal_other": equal_other,
         "commands": {
-            "in-process": f"atlaspatch encode-slide SLIDES -o OUT {' '.join(CLI_ARGS)}",
-            "nextflow": f"tools/nextflow/nextflow run . {' '.join(NF_ARGS)} --input SLIDES --outdir OUT -work-dir WORK",
+            "in-process": f"atlaspatch encode-slide SLIDES -o OUT {' '.join(setup.cli_args())}",
+            "nextflow": f"tools/nextflow/nextflow run . {' '.join(setup.nf_args())} --input SLIDES --outdir OUT "
+                        "-work-dir WORK",
             "nextflow-2x": f"the same plus -c {PAIRS.relative_to(REPO)} (executor.cpus = 4)",
+            "nextflow-c1": f"the same as nextflow with NXF_OPTS={C1_OPTS}",
         },
         "runs": [{k: v for k, v in r.items() if k != "tasks"} for r in runs],
         "median_nextflow_trace": median_nf["tasks"],
     }  # fmt: skip
-    (OUT / "nextflow.json").write_text(json.dumps(report, indent=2))
+    setup.report.with_suffix(".json").write_text(json.dumps(report, indent=2))
     text = markdown(report)
-    (OUT / "nextflow.md").write_text(text)
+    setup.report.with_suffix(".md").write_text(text)
     print(text)
     if not args.no_plot:
-        plot(report, PLOT)
-        print(f"plot: {PLOT.relative_to(REPO)}")
+        plot(report, setup.plot)
+        print(f"plot: {setup.plot.relative_to(REPO)}")
 
 
 if __name__ == "__main__":

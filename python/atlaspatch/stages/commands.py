@@ -17,7 +17,14 @@ from ..slides.discovery import find_slides, mpp_override_for
 from ..slides.reader import Slide, open_slide
 from ..tiling.geometry import plan_geometry
 from ..visualize import VisualizeOptions, write_visualizations
-from .embed_patches import EmbedOptions, check_slide_matches, embed_patches_locked, missing_encoders, read_state
+from .embed_patches import (
+    EmbedOptions,
+    check_slide_matches,
+    embed_patches_locked,
+    missing_encoders,
+    read_state,
+    start_worker_server,
+)
 from .segment import read_tissue, segment_slides, write_segmentation_h5
 from .tile import TileOptions, export_patch_images, geometry_attrs, write_tiled_h5
 
@@ -153,6 +160,7 @@ def run_embed_patches_stage(
 ) -> str:
     """``for_slide_encoders``: also compute the features these slide encoders consume (their geometry is checked
     against the H5 first), as encode-slide does."""
+    start_worker_server(options.num_workers)  # one stage process per slide (Nextflow): overlap its start-up
     from ..encoders.patch.loading import load_patch_encoder, require_weights
     from ..encoders.slide import slide_encoder_registry
     from .embed_slide import check_geometry

@@ -165,6 +165,16 @@ def worker_context() -> Any:
     return context
 
 
+def start_worker_server(num_workers: int) -> None:
+    """Starts the DataLoader workers' fork server now: it imports torch (≈ 2 s) while this process does too and
+    loads the model, instead of after, when the first batch is asked for."""
+    if num_workers > 0:
+        worker_context()
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 def patch_loader(dataset: PatchBatches, num_workers: int, pin_memory: bool) -> Any:
     """One DataLoader for the whole slide: batches arrive in order, `num_workers` of them prepared ahead."""
     from torch.utils.data import DataLoader
