@@ -8,16 +8,17 @@ On the 20× mosaic slide of make_slide.py, tiled with `atlaspatch segment-and-ge
 --target-mag 20 --segmenter otsu`, per model and for the same first N patches at the same batch size (N: about
 --seconds of bare forward, at least 3 batches), --reps times, interleaved:
 
-(1) bare forward: the N patches read and preprocessed beforehand (to_model_input, per batch), then only
-    LoadedPatchEncoder.embed timed, batch after batch: the ceiling the stage can reach;
+(1) bare forward: the N patches read, resized and cropped beforehand (to_uint8_batch, per batch, as the stage's
+    workers hand them over), then only LoadedPatchEncoder.embed (normalise + forward) timed, batch after batch:
+    the ceiling the stage can reach;
 (2) the stage in-process: embed_patches(…) (what run_embed_patches_stage and the CLI call) on a copy of the tiled
     H5 whose coords are cut to N rows: one DataLoader with W forkserver workers, for each W of --workers. The
     encoder is the one (1) used (loaded and warm); this process's fork server is started by an untimed run first;
 (3) serial reader, the AtlasPatch way: read_region one patch at a time on the main thread, preprocess, one
     forward per batch, nothing overlapped;
 (4) stage variants (--variant-model): embed_patches monkeypatched (StagePatch): as shipped with 1, 2, 4 workers;
-    with workers handing over uint8 patches (normalised in the main process); without the workers' fixed glibc
-    mmap threshold (the stage before commit 6868c46);
+    with workers handing over normalised float32 batches (the stage before uint8 batches); without the workers'
+    fixed glibc mmap threshold (the stage before commit 6868c46);
 (5) peak memory vs patch count: `atlaspatch embed-patches` as a fresh subprocess per count on an H5 tiled with
     --step-size 112 (≈ 18k overlapping patches of the same slide) cut to 1k, 4k, 16k rows, with a cheap encoder
     (default: `bench_tiny`, registered by this very file as a --feature-plugin: 4×4 average pool + linear, so the
@@ -63,7 +64,7 @@ TARGET_VS_LAZYSLIDE = 1.5
 LOCK_PATH = Path("/tmp/atlaspatch-bench.lock")
 LAZYSLIDE_PYTHON = OUT / "venv-lazyslide" / "bin" / "python"
 LAZYSLIDE_RUNNER = BENCH / "lazyslide_features.py"
-LAZYSLIDE_MODELS = ("resnet50", "lunit_vit_small_patch8_dino")  # rebuilt with timm in lazyslide_features.py
+LAZYSLIDE_MODELS = ("resnet50", "lunit_vit_small_patch8_dino", TINY)  # rebuilt in lazyslide_features.py
 PATCH_SIZE = 224
 TARGET_MAG = 20
 
@@ -151,9 +152,9 @@ def run_cli_variant(variant: str, cli_args: list[str]) -> int:
     return 0
 
 
-class Uint8Batches:
-    """Variant dataset: PatchBatches' patches, resized and cropped in the worker but handed over as uint8 NHWC
-    (4× fewer bytes through shared memory); the model side normalises them (see TimedEncoder.embed)."""
+class Float32Batches:
+    """Variant dataset: the stage before workers handed over uint8 — each batch normalised to float32 NCHW in the
+    worker (4× the bytes through shared memory, and to the device)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -162,44 +163,20 @@ class Uint8Batches:
         return len(self.inner)
 
     def __getitem__(self, index: int) -> Any:
-        import numpy as np
-        import torch
+        from atlaspatch.encoders.patch.transforms import normalize_batch
 
-        from atlaspatch.encoders.patch.transforms import _center_crop, _resized
-        from atlaspatch.stages.tile import read_patch
-
-        inner = self.inner
-        if not 0 <= index < len(inner):
-            raise IndexError(index)
-        slide = inner._open()
-        rows = inner.coords[index * inner.batch_size : (index + 1) * inner.batch_size]
-        side = inner.preprocess.input_size
-        batch = np.empty((len(rows), side, side, 3), dtype=np.uint8)
-        for i, row in enumerate(rows):
-            batch[i] = _center_crop(_resized(read_patch(slide, row, inner.patch_size), inner.preprocess), side)
-        return torch.from_numpy(batch)
+        return normalize_batch(self.inner[index], self.inner.preprocess).contiguous()
 
     def close(self) -> None:
         self.inner.close()
-
-
-def normalise_uint8(batch: Any, preprocess: Any) -> Any:
-    """uint8 (B, S, S, 3) → normalised float32 (B, 3, S, S) in one output tensor: (x − 255·mean) / (255·std)."""
-    import torch
-
-    mean = torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
-    std = torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1) * 255
-    out = torch.empty((batch.shape[0], 3, batch.shape[1], batch.shape[2]), dtype=torch.float32)
-    torch.sub(batch.permute(0, 3, 1, 2), mean, out=out)
-    return out.div_(std)
 
 
 class StagePatch:
     """Monkeypatches atlaspatch.stages.embed_patches for one in-process run (restored on exit).
 
     `mmap-threshold` / `glibc-default`: the workers' init with / without a fixed glibc mmap threshold (see
-    WORKER_INITS); `uint8`: workers hand over uint8 patches (Uint8Batches), normalised in the main process just
-    before the forward."""
+    WORKER_INITS); `float32`: workers hand over normalised float32 batches (Float32Batches), as the stage did
+    before it handed over uint8."""
 
     def __init__(self, variant: str) -> None:
         self.variant = variant
@@ -213,8 +190,8 @@ class StagePatch:
         for name, init in WORKER_INITS.items():
             if name in self.variant:
                 stage._init_worker = init
-        if "uint8" in self.variant:
-            stage.patch_loader = lambda dataset, workers, pin_memory: loader(Uint8Batches(dataset), workers, pin_memory)
+        if "float32" in self.variant:
+            stage.patch_loader = lambda dataset, workers, pin: loader(Float32Batches(dataset), workers, pin)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -404,7 +381,16 @@ def cut_h5(source: Path, target: Path, rows: int) -> Path:
 
 
 def random_weights(spec: Any, model_dir: Path) -> str:
-    """Random-init weights of the spec's real architecture where --model-dir looks for its file."""
+    """Random-init weights of the spec's real architecture where --model-dir looks for its file. bench_tiny needs
+    none (its seeded init is its weights); they are saved for LazySlide's copy of it."""
+    if spec.weights is None and spec.name == TINY:
+        path = model_dir / TINY / "state_dict.pth"
+        if not path.exists():
+            import torch
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(spec.architecture().state_dict(), path)
+        return str(path)
     if spec.weights is None:
         return "none needed"
     path = model_dir / spec.weights.name / spec.weights.filename
@@ -434,13 +420,14 @@ def random_weights(spec: Any, model_dir: Path) -> str:
 
 
 def read_batches(slide_path: Path, coords: Any, preprocess: Any, batch_size: int) -> list:
-    from atlaspatch.encoders.patch.transforms import to_model_input
+    """uint8 batches, as the stage's workers hand them over (embed normalises them)."""
+    from atlaspatch.encoders.patch.transforms import to_uint8_batch
     from atlaspatch.slides.reader import open_slide
     from atlaspatch.stages.tile import read_patch
 
     with open_slide(slide_path) as slide:
         return [
-            to_model_input([read_patch(slide, row, PATCH_SIZE) for row in coords[i : i + batch_size]], preprocess)
+            to_uint8_batch([read_patch(slide, row, PATCH_SIZE) for row in coords[i : i + batch_size]], preprocess)
             for i in range(0, len(coords), batch_size)
         ]
 
@@ -458,7 +445,7 @@ def bare_forward(encoder: Any, batches: list) -> dict:
 
 def serial_reader(encoder: Any, slide_path: Path, coords: Any, batch_size: int) -> dict:
     """AtlasPatch's way: read_region one patch at a time on the main thread, then one forward per batch."""
-    from atlaspatch.encoders.patch.transforms import to_model_input
+    from atlaspatch.encoders.patch.transforms import to_uint8_batch
     from atlaspatch.slides.reader import open_slide
     from atlaspatch.stages.tile import read_patch
 
@@ -468,7 +455,7 @@ def serial_reader(encoder: Any, slide_path: Path, coords: Any, batch_size: int) 
     with open_slide(slide_path) as slide:
         for i in range(0, len(coords), batch_size):
             t = time.perf_counter()
-            images = to_model_input(
+            images = to_uint8_batch(
                 [read_patch(slide, row, PATCH_SIZE) for row in coords[i : i + batch_size]], encoder.spec.preprocess
             )
             read_s += time.perf_counter() - t
@@ -490,8 +477,6 @@ class TimedEncoder:
 
     def embed(self, images: Any) -> Any:
         started = time.perf_counter()
-        if images.dtype != self.encoder.dtype and images.ndim == 4 and images.shape[-1] == 3:  # the uint8 variant
-            images = normalise_uint8(images, self.encoder.spec.preprocess)
         features = self.encoder.embed(images)
         self.calls.append((started, time.perf_counter()))
         return features
@@ -674,8 +659,8 @@ STAGE_VARIANTS = (  # (label, workers, StagePatch variant)
     ("as shipped", 1, ""),
     ("as shipped", 2, ""),
     ("as shipped (CLI default workers)", 4, ""),
-    ("uint8 hand-over", 1, "uint8"),
-    ("uint8 hand-over", 2, "uint8"),
+    ("float32 hand-over (the stage before uint8 batches)", 1, "float32"),
+    ("float32 hand-over (the stage before uint8 batches)", 2, "float32"),
     ("glibc default malloc (the stage before 6868c46)", 2, "glibc-default"),
 )
 
@@ -1073,8 +1058,9 @@ def markdown(results: dict) -> str:
     if v:
         lines += [
             f"Stage variants ({v['model']}, {v['patches']} patches, median of {v['reps']} interleaved reps; bare "
-            f"forward {v['bare_patches_per_s']:.2f} patches/s). *uint8 hand-over*: workers resize/crop but send "
-            "uint8 NHWC, normalised in the main process right before the forward; *glibc default malloc*: the "
+            f"forward {v['bare_patches_per_s']:.2f} patches/s). As shipped, workers resize/crop and send uint8 "
+            "NHWC, normalised on the model's device right before the forward; *float32 hand-over*: workers send "
+            "normalised float32 NCHW (4× the bytes; the stage before uint8 batches); *glibc default malloc*: the "
             "workers without the stage's `mallopt(M_MMAP_THRESHOLD, 4 MiB)`. Both monkeypatched into embed_patches:",
             "",
             "| variant | workers | patches/s | ratio | forward | waiting s | first batch s |",

@@ -50,6 +50,13 @@ MODELS = {
         "dim": 384,
         "transform": {"img": 224, "resize": 248, "interpolation": "bicubic"},
     },
+    "bench_tiny": {  # bench_embed_patches.py's reading-bound stand-in: 4x4 average pool + linear, 64-d
+        "arch": None,
+        "kwargs": {},
+        "head": "tiny",
+        "dim": 64,
+        "transform": {"img": 224, "resize": 224, "interpolation": "bilinear"},
+    },
 }
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,6 +68,10 @@ def build_model(name: str, weights: str):  # type: ignore[no-untyped-def]
     from torch import nn
 
     cfg = MODELS[name]
+    if cfg["head"] == "tiny":
+        tiny = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(1), nn.Linear(48, cfg["dim"]))
+        tiny.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
+        return tiny.eval()
     trunk = timm.create_model(cfg["arch"], pretrained=False, **cfg["kwargs"])
     if weights.endswith(".safetensors"):
         from safetensors.torch import load_file

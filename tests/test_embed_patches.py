@@ -6,6 +6,7 @@ the plugin's on-disk format); the features are checked against a direct forward 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -104,9 +105,11 @@ def embed(slide: Path, h5: Path, model_dir: Path, encoders: str = ENCODER, **kwa
 
 @pytest.fixture(scope="module")
 def expected(cmu_svs: Path, tiled: Path, model_dir: Path) -> np.ndarray:
-    """Features computed the plain way: each coords row read on its own, one forward pass per 8 patches."""
+    """Features computed the plain way: each coords row read on its own, normalised float32 NCHW in the default
+    memory layout (the stage hands over uint8 and runs the CNN channels-last), one forward pass per 8 patches."""
     spec = patch_encoder_registry(PLUGINS).get(ENCODER)
-    encoder = load_patch_encoder(spec, "cpu", "float32", model_dir)
+    assert spec.channels_last
+    encoder = load_patch_encoder(dataclasses.replace(spec, channels_last=False), "cpu", "float32", model_dir)
     with h5py.File(tiled, "r") as handle:
         coords = handle[schema.COORDS][...]
     with open_slide(cmu_svs) as slide:
@@ -114,6 +117,26 @@ def expected(cmu_svs: Path, tiled: Path, model_dir: Path) -> np.ndarray:
     return np.concatenate(
         [encoder.embed(to_model_input(patches[i : i + 8], spec.preprocess)).numpy() for i in range(0, len(patches), 8)]
     )
+
+
+def test_uint8_batches_normalised_on_the_device_equal_the_float_input(cmu_svs: Path, model_dir: Path) -> None:
+    from atlaspatch.encoders.patch.transforms import to_uint8_batch
+
+    spec = patch_encoder_registry(PLUGINS).get(ENCODER)
+    with open_slide(cmu_svs) as slide:
+        patches = [read_patch(slide, (x, 1000, 224, 224, 0), 224) for x in (0, 600, 1200, 1800)]
+    uint8 = to_uint8_batch(patches, spec.preprocess)
+    assert uint8.dtype == torch.uint8 and uint8.shape == (4, 224, 224, 3)
+    floats = to_model_input(patches, spec.preprocess)
+    assert floats.is_contiguous() and float(floats.std()) > 0.1
+    channels_last = load_patch_encoder(spec, "cpu", "float32", model_dir)
+    contiguous = load_patch_encoder(dataclasses.replace(spec, channels_last=False), "cpu", "float32", model_dir)
+    first_conv = next(p for p in channels_last.model.parameters() if p.ndim == 4)
+    assert first_conv.is_contiguous(memory_format=torch.channels_last) and not first_conv.is_contiguous()
+    reference = contiguous.embed(floats)
+    assert torch.equal(contiguous.embed(uint8), reference)
+    torch.testing.assert_close(channels_last.embed(uint8), reference, rtol=1e-4, atol=1e-5)
+    assert float(reference.abs().max()) > 0.01
 
 
 def read_features(h5: Path, name: str = ENCODER) -> tuple[np.ndarray, dict]:

@@ -30,5 +30,6 @@ def register_patch_encoders(registry: PatchEncoderRegistry) -> None:
             architecture=_resnet18_trunk,
             description="our lab's ResNet-18 (example plugin)",
             family="timm ResNet-18",
+            channels_last=True,  # a CNN: faster in channels-last memory
         )
     )

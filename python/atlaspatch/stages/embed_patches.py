@@ -46,7 +46,8 @@ class EmbedOptions:
 
 
 class PatchBatches:
-    """Map-style dataset whose item i is batch i: patches [i·B, (i+1)·B) in coordinate order, model-ready.
+    """Map-style dataset whose item i is batch i: patches [i·B, (i+1)·B) in coordinate order, resized and cropped,
+    uint8 (B, S, S, 3); the encoder normalises them on its device.
 
     Each process (the main one, or a DataLoader worker) opens the slide once, on first use.
     """
@@ -79,13 +80,13 @@ class PatchBatches:
         return self._slide
 
     def __getitem__(self, index: int) -> Any:
-        from ..encoders.patch.transforms import to_model_input
+        from ..encoders.patch.transforms import to_uint8_batch
 
         if not 0 <= index < len(self):
             raise IndexError(index)
         slide = self._open()
         rows = self.coords[index * self.batch_size : (index + 1) * self.batch_size]
-        return to_model_input([read_patch(slide, row, self.patch_size) for row in rows], self.preprocess)
+        return to_uint8_batch([read_patch(slide, row, self.patch_size) for row in rows], self.preprocess)
 
     def close(self) -> None:
         if self._slide is not None and self._pid == os.getpid():

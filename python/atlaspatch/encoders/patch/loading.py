@@ -14,6 +14,7 @@ from ...devices import resolve_torch_device
 from ...errors import ConfigError, WeightsError, one_line
 from ...weights import resolve_weights, sha256_of
 from .spec import PatchEncoderSpec
+from .transforms import normalize_batch
 
 log = logging.getLogger("atlaspatch")
 
@@ -75,10 +76,18 @@ class LoadedPatchEncoder:
     def dtype(self) -> torch.dtype:
         return PRECISIONS[self.precision]
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.spec.channels_last else torch.contiguous_format
+
     @torch.inference_mode()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Float32 (B, dim) features on the CPU."""
-        images = images.to(self.device, dtype=self.dtype, non_blocking=True)
+        """Float32 (B, dim) features on the CPU. ``images``: (B, S, S, 3) uint8 (normalised here, on the device)
+        or (B, 3, S, S) already normalised."""
+        images = images.to(self.device, non_blocking=True)
+        if images.dtype == torch.uint8:
+            images = normalize_batch(images, self.spec.preprocess)
+        images = images.to(dtype=self.dtype, memory_format=self.memory_format)
         features = self.model(images)
         if features.ndim > 2:
             features = features.flatten(1)
@@ -106,4 +115,6 @@ def load_patch_encoder(
     if path is not None:
         load_weights_into(spec, module, path)
     model = spec.head(module).eval().to(device=device, dtype=PRECISIONS[precision])
+    if spec.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     return LoadedPatchEncoder(spec, model, device, precision, weights_source=source, weights_sha256=digest)

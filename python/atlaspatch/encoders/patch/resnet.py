@@ -56,5 +56,6 @@ SPECS: tuple[PatchEncoderSpec, ...] = (
         description="ImageNet ResNet-50 (torchvision weights) truncated after layer3, average-pooled",
         recommended=(256, 20),
         family="timm ResNet-50 trunc",
+        channels_last=True,
     ),
 )

@@ -72,6 +72,7 @@ class PatchEncoderSpec:
     description: str = ""
     recommended: tuple[int, int] | None = None  # (patch px, magnification) the authors extract at
     family: str = ""  # e.g. "timm ViT-L/16", for `atlaspatch models`
+    channels_last: bool = False  # convolutional trunk: run it in channels-last memory (faster oneDNN/cuDNN kernels)
 
     @property
     def kind(self) -> str:

@@ -37,13 +37,26 @@ def _center_crop(pixels: np.ndarray, side: int) -> np.ndarray:
     return pixels[top : top + side, left : left + side]
 
 
-def to_model_input(patches: Sequence[np.ndarray], preprocess: Preprocess) -> torch.Tensor:
-    """(B, 3, S, S) float32, normalised. ``patches`` are H×W×3 uint8 RGB arrays."""
+def to_uint8_batch(patches: Sequence[np.ndarray], preprocess: Preprocess) -> torch.Tensor:
+    """(B, S, S, 3) uint8: each H×W×3 uint8 RGB patch resized and centre-cropped, not yet normalised.
+
+    This is what DataLoader workers hand over: a quarter of the bytes of the float32 input, through shared memory
+    and on to the GPU.
+    """
     side = preprocess.input_size
     batch = np.empty((len(patches), side, side, 3), dtype=np.uint8)
     for index, pixels in enumerate(patches):
         batch[index] = _center_crop(_resized(pixels, preprocess), side)
-    tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1)
-    return tensor.sub_(mean).div_(std).contiguous()
+    return torch.from_numpy(batch)
+
+
+def normalize_batch(batch: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """(B, S, S, 3) uint8 on any device → (B, 3, S, S) float32 normalised, on that device, channels-last in memory."""
+    mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
+    return batch.permute(0, 3, 1, 2).float().div_(255.0).sub_(mean).div_(std)
+
+
+def to_model_input(patches: Sequence[np.ndarray], preprocess: Preprocess) -> torch.Tensor:
+    """(B, 3, S, S) float32, normalised, contiguous. ``patches`` are H×W×3 uint8 RGB arrays."""
+    return normalize_batch(to_uint8_batch(patches, preprocess), preprocess).contiguous()
