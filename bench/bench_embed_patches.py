@@ -191,7 +191,11 @@ class StagePatch:
             if name in self.variant:
                 stage._init_worker = init
         if "float32" in self.variant:
-            stage.patch_loader = lambda dataset, workers, pin: loader(Float32Batches(dataset), workers, pin)
+
+            def float32_loader(dataset: Any, num_workers: int, pin_memory: bool) -> Any:
+                return loader(Float32Batches(dataset), num_workers, pin_memory)
+
+            stage.patch_loader = float32_loader
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -1202,8 +1206,10 @@ def main(argv: list[str] | None = None) -> int:
     models = [m for m in args.models.replace(",", " ").split() if m]
     if models and max(args.workers) > 0:
         results["forkserver_warmup_s"] = start_forkserver(registry, slide, tiled, work, args)
+    partial = args.out / "embed_patches.partial.json"  # what is done so far, should a later part fail
     for name in models:
         results["models"].append(bench_model(name, registry, slide, tiled, work, model_dir, args))
+        partial.write_text(json.dumps(results, indent=2, default=float) + "\n")
     if not args.skip_variants and args.variant_model:
         if "forkserver_warmup_s" not in results:
             results["forkserver_warmup_s"] = start_forkserver(registry, slide, tiled, work, args)

@@ -294,6 +294,8 @@ def embed_patches(
     """
     source = Path(h5_in)
     computed: dict[str, int] = {}
+    if specs:
+        _fixed_mmap_threshold()  # this process allocates a float batch and the model's activations per batch, too
     for spec in specs:
         encoder = get_encoder(spec)
         with atomic_h5(h5_out, start_from=source) as handle:

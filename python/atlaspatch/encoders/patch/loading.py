@@ -86,7 +86,7 @@ class LoadedPatchEncoder:
         or (B, 3, S, S) already normalised."""
         images = images.to(self.device, non_blocking=True)
         if images.dtype == torch.uint8:
-            images = normalize_batch(images, self.spec.preprocess)
+            images = normalize_batch(images, self.spec.preprocess, self.memory_format)
         images = images.to(dtype=self.dtype, memory_format=self.memory_format)
         features = self.model(images)
         if features.ndim > 2:

@@ -50,13 +50,21 @@ def to_uint8_batch(patches: Sequence[np.ndarray], preprocess: Preprocess) -> tor
     return torch.from_numpy(batch)
 
 
-def normalize_batch(batch: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
-    """(B, S, S, 3) uint8 on any device → (B, 3, S, S) float32 normalised, on that device, channels-last in memory."""
+def normalize_batch(
+    batch: torch.Tensor, preprocess: Preprocess, memory_format: torch.memory_format = torch.channels_last
+) -> torch.Tensor:
+    """(B, S, S, 3) uint8 on any device → (B, 3, S, S) float32 normalised, on that device, in `memory_format`:
+    one float tensor allocated, converted into and normalised in place."""
+    images = torch.empty(
+        (batch.shape[0], 3, batch.shape[1], batch.shape[2]), dtype=torch.float32, device=batch.device,
+        memory_format=memory_format,
+    )  # fmt: skip
+    images.copy_(batch.permute(0, 3, 1, 2))
     mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
     std = torch.tensor(preprocess.std, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
-    return batch.permute(0, 3, 1, 2).float().div_(255.0).sub_(mean).div_(std)
+    return images.div_(255.0).sub_(mean).div_(std)
 
 
 def to_model_input(patches: Sequence[np.ndarray], preprocess: Preprocess) -> torch.Tensor:
     """(B, 3, S, S) float32, normalised, contiguous. ``patches`` are H×W×3 uint8 RGB arrays."""
-    return normalize_batch(to_uint8_batch(patches, preprocess), preprocess).contiguous()
+    return normalize_batch(to_uint8_batch(patches, preprocess), preprocess, torch.contiguous_format)
