@@ -25,10 +25,10 @@ timm ResNet-18, 512-d, with `--slide-encoders mean-my_resnet18`; its random-init
 bench/bench_embed_patches.py writes under bench/out/embed/random-weights/my_resnet18/resnet18.pth, written here too
 if missing, and that folder is passed as --model-dir / --model_dir in both modes). Its runs go to
 bench/out/nextflow/runs-my_resnet18/ and its results to bench/out/nextflow-my_resnet18.md/.json and the plot
-bench/out/nextflow-my_resnet18.png, so the bench_tiny results stay. `--modes` picks the modes; mode `nextflow-c1` is
-`nextflow` with NXF_OPTS=-XX:TieredStopAtLevel=1 (C1 only, the flag the official launcher uses for commands other
-than `run`), and with it the JVM start and the all-cached -resume are timed under that flag too (how much of
-Nextflow's fixed cost is JIT). E.g. (about 5 min a run on 2 cores):
+docs/img/nextflow_vs_inprocess_my_resnet18.png, so the bench_tiny results stay. `--modes` picks the modes; mode
+`nextflow-c1` is `nextflow` with NXF_OPTS=-XX:TieredStopAtLevel=1 (C1 only, the flag the official launcher uses
+for commands other than `run`), and with it the JVM start and the all-cached -resume are timed under that flag too
+(how much of Nextflow's fixed cost is JIT). E.g. (about 5 min a run on 2 cores):
 
     .venv/bin/python bench/bench_nextflow.py --encoder my_resnet18 --modes in-process,nextflow,nextflow-c1 --reps 1
 """
@@ -96,7 +96,7 @@ class Setup:
 
     @property
     def plot(self) -> Path:
-        return self.report.with_suffix(".png") if self.suffix else REPO / "docs" / "img" / "nextflow_vs_inprocess.png"
+        return REPO / "docs" / "img" / f"nextflow_vs_inprocess{self.suffix.replace('-', '_')}.png"
 
     def cli_args(self) -> tuple[str, ...]:
         return (
