@@ -599,6 +599,7 @@ def bench_model(
                 model=name,
                 weights=weights,
                 batch_size=b,
+                precision=args.precision,
             )
     runs: dict[str, list[dict]] = {
         "bare": [],

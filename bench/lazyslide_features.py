@@ -8,15 +8,16 @@ bench/out/venv-lazyslide. bench_embed_patches.py starts it once as a long-lived 
 and warm once and LazySlide's runs can be interleaved with AtlasPatch's rep by rep (the caller holds the benchmark
 lock around each timed request). Requests (one JSON object per line) and replies (one JSON line each):
 
-- {"cmd": "setup", "slide", "coords": [[x, y, w, h, level], …], "model", "weights", "batch_size"}: opens the slide
-  with `wsidata.open_wsi`, registers AtlasPatch's patches as LazySlide tiles (key `ap_tiles`: level-0 boxes + a
-  `TileSpec` of 224 px at the slide's mpp, so `TileImagesDataset` reads exactly AtlasPatch's pixels at level 0),
-  builds the *same architecture* as AtlasPatch's registry entry with timm and loads the *same random-init state
-  dict* file (strict), and runs one warm-up batch. Reply: versions, build time, the transform.
+- {"cmd": "setup", "slide", "coords": [[x, y, w, h, level], …], "model", "weights", "batch_size", "precision"}:
+  opens the slide with `wsidata.open_wsi`, registers AtlasPatch's patches as LazySlide tiles (key `ap_tiles`:
+  level-0 boxes + a `TileSpec` of 224 px at the slide's mpp, so `TileImagesDataset` reads exactly AtlasPatch's
+  pixels at level 0), builds the *same architecture* as AtlasPatch's registry entry with timm and loads the *same
+  random-init state dict* file (strict), and runs one warm-up batch. Reply: versions, build time, the transform.
 - {"cmd": "run", "n", "workers"}: the first n tiles through
   `lazyslide.tl.feature_extraction(wsi, model, transform=T, device="cpu", batch_size=B, num_workers=W, pbar=False,
-  tile_key=…, return_features=True)`, timed from the call to its return (features stored in the WSIData too, as
-  LazySlide always does). Reply: seconds, patches, patches/s, a checksum of the features.
+  amp=…, autocast_dtype=…, tile_key=…, return_features=True)`, timed from the call to its return (features stored
+  in the WSIData too, as LazySlide always does). amp is on, with the setup's precision, unless that is float32: the
+  way LazySlide runs a model in bfloat16 / float16. Reply: seconds, patches, patches/s, a checksum of the features.
 - {"cmd": "quit"}.
 
 The model is passed as a plain `torch.nn.Module` (LazySlide's "callable" path: `model(image)` under
@@ -127,6 +128,7 @@ class Server:
         self.batch_size = 32
         self.keys: dict[int, str] = {}
         self.coords = None
+        self.precision = "float32"
 
     def setup(self, req: dict) -> dict:
         import lazyslide
@@ -142,6 +144,7 @@ class Server:
             raise ValueError("expected level-0 reads of 224 px (AtlasPatch at the slide's own magnification)")
         self.mpp = float(self.wsi.properties.mpp)
         self.batch_size = int(req["batch_size"])
+        self.precision = req.get("precision", "float32")
         self.model = build_model(req["model"], req["weights"])
         self.transform = build_transform(req["model"])
         build_s = time.perf_counter() - started
@@ -185,6 +188,7 @@ class Server:
 
     def run(self, req: dict) -> dict:
         import lazyslide as zs
+        import torch
 
         n, workers = int(req["n"]), int(req["workers"])
         key = self._tiles(n)
@@ -198,6 +202,8 @@ class Server:
             batch_size=self.batch_size,
             num_workers=workers,
             pbar=False,
+            amp=self.precision != "float32",  # LazySlide's reduced precision: torch.autocast around the model
+            autocast_dtype=getattr(torch, self.precision) if self.precision != "float32" else None,
             tile_key=key,
             return_features=True,
         )

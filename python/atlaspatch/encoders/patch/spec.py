@@ -72,7 +72,8 @@ class PatchEncoderSpec:
     description: str = ""
     recommended: tuple[int, int] | None = None  # (patch px, magnification) the authors extract at
     family: str = ""  # e.g. "timm ViT-L/16", for `atlaspatch models`
-    channels_last: bool = False  # convolutional trunk: run it in channels-last memory (faster oneDNN/cuDNN kernels)
+    # convolutional trunk: BatchNorms folded into the convolutions, run in channels-last memory (faster oneDNN/cuDNN)
+    channels_last: bool = False
 
     @property
     def kind(self) -> str:
