@@ -1200,6 +1200,7 @@ def main(argv: list[str] | None = None) -> int:
         "reps": args.reps,
         "workers": args.workers,
         "batch_size": args.batch_size,
+        "precision": args.precision,
         "lazyslide_workers": [] if args.skip_lazyslide else args.lazyslide_workers,
         "models": [],
     }

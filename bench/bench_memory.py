@@ -18,7 +18,9 @@ peak sums of RSS and PSS, per role, each process's VmHWM. Every run holds the be
 
 Plots (matplotlib; `.venv/bin/pip install matplotlib`): docs/img/embed_throughput.png from
 bench/out/embed_patches.json (patches/s per model: bare forward, embed_patches, LazySlide) and
-docs/img/rss_vs_patches.png from this report + the embed-patches memory sweep in bench/out/embed_patches.json.
+docs/img/rss_vs_patches.png from this report + the embed-patches memory sweep in bench/out/embed_patches.json;
+docs/img/embed_throughput_bfloat16.png from a `bench_embed_patches.py --precision bfloat16 --out bench/out/embed-bf16`
+run, when there is one.
 """
 
 from __future__ import annotations
@@ -188,7 +190,8 @@ def plot_throughput(embed_json: Path, png: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     m = data["machine"]
     fig.suptitle(
-        f"Patch embedding on CPU: {m['cores']}-core VM, torch {m['torch']}, float32, batch {data['batch_size']}, "
+        f"Patch embedding on CPU: {m['cores']}-core VM, torch {m['torch']}, {data.get('precision', 'float32')}, "
+        f"batch {data['batch_size']}, "
         f"random-init weights\nmedian of {data['reps']} interleaved reps; bars = min–max; best worker count per tool",
         fontsize=9,
     )
@@ -249,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--embed-json", type=Path, default=OUT / "embed_patches.json")
+    parser.add_argument(
+        "--embed-json-reduced",
+        type=Path,
+        default=OUT / "embed-bf16" / "embed_patches.json",
+        help="a bench_embed_patches.py --precision bfloat16 run: docs/img/embed_throughput_<precision>.png",
+    )
     parser.add_argument("--img", type=Path, default=REPO / "docs" / "img")
     parser.add_argument("--plot-only", action="store_true")
     parser.add_argument("--no-plot", action="store_true")
@@ -298,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.embed_json.exists():
             plot_throughput(args.embed_json, args.img / "embed_throughput.png")
+        if args.embed_json_reduced.exists():
+            precision = json.loads(args.embed_json_reduced.read_text()).get("precision", "bfloat16")
+            plot_throughput(args.embed_json_reduced, args.img / f"embed_throughput_{precision}.png")
         plot_memory(report_json, args.embed_json, args.img / "rss_vs_patches.png")
         print(f"wrote {args.img / 'embed_throughput.png'} and {args.img / 'rss_vs_patches.png'}", file=sys.stderr)
     return 0

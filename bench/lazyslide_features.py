@@ -107,6 +107,23 @@ def build_model(name: str, weights: str):  # type: ignore[no-untyped-def]
     return model.eval()
 
 
+def float_output(model):  # type: ignore[no-untyped-def]
+    """The model, returning float32: LazySlide 0.13's `feature_extraction(..., amp=True,
+    autocast_dtype=torch.bfloat16)` fails on CPU converting the bfloat16 output to numpy ("Got unsupported ScalarType
+    BFloat16"), so its reduced-precision run gets this one cast of the (B, dim) output, nothing else."""
+    from torch import nn
+
+    class _FloatOutput(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, images):  # type: ignore[no-untyped-def]
+            return self.inner(images).float()
+
+    return _FloatOutput(model).eval()
+
+
 def build_transform(name: str):  # type: ignore[no-untyped-def]
     from lazyslide_models._utils import get_default_transform
 
@@ -146,6 +163,8 @@ class Server:
         self.batch_size = int(req["batch_size"])
         self.precision = req.get("precision", "float32")
         self.model = build_model(req["model"], req["weights"])
+        if self.precision != "float32":
+            self.model = float_output(self.model)
         self.transform = build_transform(req["model"])
         build_s = time.perf_counter() - started
         # warm-up: one batch through LazySlide itself (oneDNN kernels for this batch shape, first reads)
