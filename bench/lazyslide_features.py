@@ -210,6 +210,7 @@ class Server:
         import torch
 
         n, workers = int(req["n"]), int(req["workers"])
+        reduced = self.precision != "float32"
         key = self._tiles(n)
         started = time.perf_counter()
         features = zs.tl.feature_extraction(
@@ -221,8 +222,8 @@ class Server:
             batch_size=self.batch_size,
             num_workers=workers,
             pbar=False,
-            amp=self.precision != "float32",  # LazySlide's reduced precision: torch.autocast around the model
-            autocast_dtype=getattr(torch, self.precision) if self.precision != "float32" else None,
+            amp=reduced,  # LazySlide's reduced precision: torch.autocast around the model
+            autocast_dtype=getattr(torch, self.precision) if reduced else None,
             tile_key=key,
             return_features=True,
         )
