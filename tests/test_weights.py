@@ -293,3 +293,29 @@ def test_a_gated_repository_snapshot_fails_with_one_line(monkeypatch: pytest.Mon
     message = str(caught.value)
     assert "toyrepo weights (Org/Toy-Slide/model.safetensors) are gated" in message and "\n" not in message
     assert "accept the licence (custom) at https://huggingface.co/Org/Toy-Slide and set HF_TOKEN" in message
+
+
+def test_an_unreachable_hub_is_one_line_after_quiet_retries(tmp_path: Path, cmu_svs: Path) -> None:
+    """The real hub client against a closed port: its retries (sleeps made instant) print nothing, then one line."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "ATLASPATCH_MODEL_DIR", "HF_HUB_CACHE")}
+    env |= {"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HOME": str(tmp_path / "hf-home")}
+    code = (
+        "import sys, time; time.sleep = lambda s: sys.stderr.write(f'RETRY-SLEEP {s}\\n'); "
+        "from atlaspatch.cli import main; main()"
+    )
+    args = [sys.executable, "-c", code, "segment", str(cmu_svs), "-o", str(tmp_path / "out"), "--device", "cpu"]
+    run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+
+    assert run.returncode != 0
+    lines = run.stderr.splitlines()
+    assert sum(line.startswith("RETRY-SLEEP") for line in lines) >= 2, run.stderr  # the client did retry
+    assert "Retrying" not in run.stderr and "thrown while requesting" not in run.stderr, run.stderr
+    assert "fetching AtlasAnalyticsLab/AtlasPatch/model.pth from the Hugging Face hub" in run.stderr
+    errors = [line for line in lines if line.startswith("Error:")]
+    assert len(errors) == 1 and "the hub is unreachable" in errors[0] and "Traceback" not in run.stderr
+    assert not list((tmp_path / "out").rglob("*.h5"))

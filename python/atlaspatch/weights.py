@@ -14,14 +14,19 @@ huggingface_hub is only imported when the cache or the hub is actually consulted
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import WeightsError, one_line
+
+log = logging.getLogger("atlaspatch")
 
 MODEL_DIR_ENV = "ATLASPATCH_MODEL_DIR"
 _TRUE = {"1", "ON", "YES", "TRUE"}
@@ -139,28 +144,49 @@ def _where_looked(source: WeightsSource, model_dir: Path | None) -> str:
 _OTHER_WEIGHT_FORMATS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.safetensors")
 
 
-def _download(source: WeightsSource, model_dir: Path | None, **target: object) -> Path:
-    """hf_hub_download with every hub/network failure turned into a one-line WeightsError."""
+@contextmanager
+def _hub_retries_silenced() -> Iterator[None]:
+    """huggingface_hub warns twice per retry (its own handler and ours), a multi-line dump each: the failure that
+    remains after its retries becomes our one-line error instead."""
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(level)
+
+
+def _fetch(source: WeightsSource, token: str | None, **target: object) -> str:
     import huggingface_hub
     from huggingface_hub import errors as hf_errors
 
+    if not source.snapshot:
+        return huggingface_hub.hf_hub_download(
+            repo_id=source.repo_id, filename=source.filename, revision=source.revision, token=token, **target
+        )
+    repo = huggingface_hub.snapshot_download(
+        repo_id=source.repo_id,
+        revision=source.revision,
+        token=token,
+        ignore_patterns=[p for p in _OTHER_WEIGHT_FORMATS if not source.filename.endswith(p[1:])],
+        **target,
+    )
+    path = Path(repo) / source.filename
+    if not path.is_file():
+        raise hf_errors.EntryNotFoundError(f"{source.filename} not in {source.repo_id}")
+    return str(path)
+
+
+def _download(source: WeightsSource, model_dir: Path | None, **target: object) -> Path:
+    """hf_hub_download with every hub/network failure turned into a one-line WeightsError."""
+    from huggingface_hub import errors as hf_errors
+
     token = os.environ.get("HF_TOKEN") or None
+    log.info("%s weights: fetching %s from the Hugging Face hub", source.name, source.source_id)
     try:
-        if source.snapshot:
-            repo = huggingface_hub.snapshot_download(
-                repo_id=source.repo_id,
-                revision=source.revision,
-                token=token,
-                ignore_patterns=[p for p in _OTHER_WEIGHT_FORMATS if not source.filename.endswith(p[1:])],
-                **target,
-            )
-            path = str(Path(repo) / source.filename)
-            if not Path(path).is_file():
-                raise hf_errors.EntryNotFoundError(f"{source.filename} not in {source.repo_id}")
-        else:
-            path = huggingface_hub.hf_hub_download(
-                repo_id=source.repo_id, filename=source.filename, revision=source.revision, token=token, **target
-            )
+        with _hub_retries_silenced():
+            path = _fetch(source, token, **target)
     except hf_errors.GatedRepoError:
         raise _error(source, model_dir, "are gated and this account has no access", gated=True) from None
     except hf_errors.RepositoryNotFoundError:
