@@ -87,9 +87,12 @@ def wait_for(what: str, find, run: subprocess.Popen[str], timeout: float = 120.0
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def embedding_task_dir(work: Path, stem: str) -> Path | None:
-    """The EMBED_PATCHES task dir once the tool is writing into its temp H5 (patches/.<stem>.h5.tmp.<uuid>)."""
+def embedding_task_dir(work: Path, stem: str, besides: Path | None = None) -> Path | None:
+    """The EMBED_PATCHES task dir (other than `besides`) once the tool is writing into its temp H5
+    (patches/.<stem>.h5.tmp.<uuid>)."""
     for script in work.glob("*/*/.command.sh"):
+        if script.parent == besides:
+            continue
         if "atlaspatch embed-patches" in script.read_text() and list(script.parent.glob(f"patches/.{stem}.h5.tmp.*")):
             return script.parent
     return None
@@ -109,6 +112,14 @@ def processes_in(task_dir: Path, command: str) -> list[int]:
         except OSError:  # gone, or not ours
             continue
     return pids
+
+
+def kill_embedding(run: subprocess.Popen[str], tmp: Path, stem: str, besides: Path | None = None) -> Path:
+    """SIGKILL to `atlaspatch embed-patches` once it writes features (in a task dir other than `besides`)."""
+    task = wait_for("EMBED_PATCHES writing features", lambda: embedding_task_dir(tmp / "work", stem, besides), run)
+    for pid in wait_for("the embed-patches process", lambda: processes_in(task, "embed-patches"), run, timeout=10):
+        os.kill(pid, signal.SIGKILL)
+    return task
 
 
 def kill_group(run: subprocess.Popen[str]) -> None:
@@ -153,11 +164,7 @@ def test_a_killed_task_is_retried_and_the_run_completes(tmp_path: Path, cmu_svs:
     (attempt 2, in a fresh work dir); the killed attempt published nothing and left only its temp H5."""
     run = start_nextflow(tmp_path, *run_args(tmp_path, cmu_svs, fault_models), env=env_for(tmp_path, BATCH_SLEEP))
     try:
-        task = wait_for("EMBED_PATCHES writing features", lambda: embedding_task_dir(tmp_path / "work", cmu_svs.stem),
-                        run)  # fmt: skip
-        pids = wait_for("the embed-patches process", lambda: processes_in(task, "embed-patches"), run, timeout=10)
-        for pid in pids:
-            os.kill(pid, signal.SIGKILL)
+        task = kill_embedding(run, tmp_path, cmu_svs.stem)
         output = finish(run, tmp_path)
     finally:
         kill_group(run)
@@ -194,6 +201,38 @@ def test_a_killed_head_resumes_from_the_completed_tasks(tmp_path: Path, cmu_svs:
 
     result = nextflow(tmp_path, *args, "-resume", env=env_for(tmp_path, "0"))
     assert result.returncode == 0, result.output[-4000:]
+    status = {r["process"]: r["status"] for r in trace_rows(tmp_path / "results", preflight=True)}
+    assert status == {
+        "PREFLIGHT": "CACHED",
+        "ATLASPATCH:SEGMENT": "CACHED",
+        "ATLASPATCH:TILE": "CACHED",
+        EMBED: "COMPLETED",
+        "ATLASPATCH:ENCODE_SLIDE": "COMPLETED",
+    }
+    assert_same_h5(tmp_path / "results" / "patches" / f"{cmu_svs.stem}.h5", clean_run)
+
+
+def test_a_task_killed_on_every_attempt_fails_its_slide_and_resume_completes(
+    tmp_path: Path, cmu_svs: Path, fault_models: Path, clean_run: Path
+) -> None:
+    """SIGKILL to `atlaspatch embed-patches` on its first attempt and on its retry (as an OOM kill that more memory
+    did not cure): the slide fails alone, the run exits non-zero naming it and nothing is published for it; the
+    user's `-resume` redoes only EMBED_PATCHES and ENCODE_SLIDE and publishes the same H5 as a clean run."""
+    args = run_args(tmp_path, cmu_svs, fault_models)
+    run = start_nextflow(tmp_path, *args, env=env_for(tmp_path, BATCH_SLEEP))
+    try:
+        first = kill_embedding(run, tmp_path, cmu_svs.stem)
+        kill_embedding(run, tmp_path, cmu_svs.stem, besides=first)
+        output = finish(run, tmp_path)
+    finally:
+        kill_group(run)
+    assert run.returncode != 0, output[-4000:]
+    assert "atlaspatch-nf: 1 slide(s) failed" in output, output[-4000:]
+    assert f"{cmu_svs.stem}  {EMBED}  FAILED exit 137" in output and "run again with -resume" in output
+    assert not (tmp_path / "results" / "patches" / f"{cmu_svs.stem}.h5").exists()
+
+    resumed = nextflow(tmp_path, *args, "-resume", env=env_for(tmp_path, "0"))
+    assert resumed.returncode == 0, resumed.output[-4000:]
     status = {r["process"]: r["status"] for r in trace_rows(tmp_path / "results", preflight=True)}
     assert status == {
         "PREFLIGHT": "CACHED",
