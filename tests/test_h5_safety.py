@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from atlaspatch.errors import H5Error, LockHeld
-from atlaspatch.h5.atomic import atomic_h5, leftover_temps, remove_leftover_temps
+from atlaspatch.h5.atomic import atomic_h5, leftover_temps, remove_leftover_temps, temp_path_for
 from atlaspatch.h5.inspect import inspect_h5
 from atlaspatch.h5.locks import SlideLock
 
@@ -56,6 +56,25 @@ def test_killed_writer_leaves_only_a_temp_that_the_next_run_removes(tmp_path: Pa
     assert not inspect_h5(final).exists  # a re-run sees no finished work
     remove_leftover_temps(final)
     assert leftover_temps(final) == []
+
+
+@pytest.mark.parametrize("stem", ["a[1]", "a*", "a?b", "plain"])
+def test_leftover_temps_are_exactly_this_slides(tmp_path: Path, stem: str) -> None:
+    """A stem is text, not a pattern: a slide's temps are found whatever its name holds, and never another's."""
+    final = tmp_path / f"{stem}.h5"
+    ours = [temp_path_for(final) for _ in range(2)]
+    others = [
+        temp_path_for(tmp_path / "a1.h5"),  # what "a[1]" or "a?b" would match as a glob
+        temp_path_for(tmp_path / f"{stem}x.h5"),  # a stem this one is a prefix of
+        tmp_path / f".{stem}.h5.tmp.notauuid",
+        tmp_path / f"{stem}.h5",
+    ]
+    for path in ours + others:
+        path.write_bytes(b"x")
+    assert leftover_temps(final) == sorted(ours)
+    remove_leftover_temps(final)
+    assert all(path.exists() for path in others) and not any(path.exists() for path in ours)
+    assert leftover_temps(tmp_path / "missing-dir" / "x.h5") == []
 
 
 def test_truncated_h5_is_a_clear_error(tmp_path: Path) -> None:

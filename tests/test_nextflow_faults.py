@@ -158,6 +158,22 @@ def assert_same_h5(ours: Path, clean: Path) -> None:
             }, name
 
 
+def assert_resume_redoes_only_embedding(tmp: Path, args: tuple[str | Path, ...], stem: str, clean: Path) -> None:
+    """`-resume` takes PREFLIGHT, SEGMENT and TILE from the cache, runs EMBED_PATCHES and ENCODE_SLIDE, and
+    publishes the clean run's H5."""
+    resumed = nextflow(tmp, *args, "-resume", env=env_for(tmp, "0"))
+    assert resumed.returncode == 0, resumed.output[-4000:]
+    status = {r["process"]: r["status"] for r in trace_rows(tmp / "results", preflight=True)}
+    assert status == {
+        "PREFLIGHT": "CACHED",
+        "ATLASPATCH:SEGMENT": "CACHED",
+        "ATLASPATCH:TILE": "CACHED",
+        EMBED: "COMPLETED",
+        "ATLASPATCH:ENCODE_SLIDE": "COMPLETED",
+    }
+    assert_same_h5(tmp / "results" / "patches" / f"{stem}.h5", clean)
+
+
 def test_a_killed_task_is_retried_and_the_run_completes(tmp_path: Path, cmu_svs: Path, fault_models: Path,
                                                          clean_run: Path) -> None:  # fmt: skip
     """SIGKILL to `atlaspatch embed-patches` mid-run: the task exits 137, which conf/base.config retries once
@@ -199,17 +215,7 @@ def test_a_killed_head_resumes_from_the_completed_tasks(tmp_path: Path, cmu_svs:
     assert run.returncode == -signal.SIGKILL
     assert not (tmp_path / "results" / "patches").exists()
 
-    result = nextflow(tmp_path, *args, "-resume", env=env_for(tmp_path, "0"))
-    assert result.returncode == 0, result.output[-4000:]
-    status = {r["process"]: r["status"] for r in trace_rows(tmp_path / "results", preflight=True)}
-    assert status == {
-        "PREFLIGHT": "CACHED",
-        "ATLASPATCH:SEGMENT": "CACHED",
-        "ATLASPATCH:TILE": "CACHED",
-        EMBED: "COMPLETED",
-        "ATLASPATCH:ENCODE_SLIDE": "COMPLETED",
-    }
-    assert_same_h5(tmp_path / "results" / "patches" / f"{cmu_svs.stem}.h5", clean_run)
+    assert_resume_redoes_only_embedding(tmp_path, args, cmu_svs.stem, clean_run)
 
 
 def test_a_task_killed_on_every_attempt_fails_its_slide_and_resume_completes(
@@ -231,14 +237,4 @@ def test_a_task_killed_on_every_attempt_fails_its_slide_and_resume_completes(
     assert f"{cmu_svs.stem}  {EMBED}  FAILED exit 137" in output and "run again with -resume" in output
     assert not (tmp_path / "results" / "patches" / f"{cmu_svs.stem}.h5").exists()
 
-    resumed = nextflow(tmp_path, *args, "-resume", env=env_for(tmp_path, "0"))
-    assert resumed.returncode == 0, resumed.output[-4000:]
-    status = {r["process"]: r["status"] for r in trace_rows(tmp_path / "results", preflight=True)}
-    assert status == {
-        "PREFLIGHT": "CACHED",
-        "ATLASPATCH:SEGMENT": "CACHED",
-        "ATLASPATCH:TILE": "CACHED",
-        EMBED: "COMPLETED",
-        "ATLASPATCH:ENCODE_SLIDE": "COMPLETED",
-    }
-    assert_same_h5(tmp_path / "results" / "patches" / f"{cmu_svs.stem}.h5", clean_run)
+    assert_resume_redoes_only_embedding(tmp_path, args, cmu_svs.stem, clean_run)

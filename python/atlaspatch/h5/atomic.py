@@ -23,8 +23,18 @@ def temp_path_for(final: Path) -> Path:
     return final.with_name(f".{final.name}{TEMP_MARK}{uuid.uuid4().hex}")
 
 
+def _is_temp_of(name: str, final: Path) -> bool:
+    """Exactly `.<final name>.tmp.<uuid hex>`: compared as text, because a stem may hold glob characters
+    ("a[1]") or be a prefix of another slide's ("a" and "a.h5")."""
+    prefix = f".{final.name}{TEMP_MARK}"
+    suffix = name[len(prefix) :]
+    return name.startswith(prefix) and len(suffix) == 32 and all(c in "0123456789abcdef" for c in suffix)
+
+
 def leftover_temps(final: Path) -> list[Path]:
-    return sorted(final.parent.glob(f".{final.name}{TEMP_MARK}*"))
+    if not final.parent.is_dir():
+        return []
+    return sorted(path for path in final.parent.iterdir() if _is_temp_of(path.name, final))
 
 
 def remove_leftover_temps(final: Path) -> None:
