@@ -14,7 +14,9 @@ include { PREFLIGHT  } from './modules/local/preflight/main'
 /*
  * Slide discovery: the same rules as the CLI (python/atlaspatch/slides/discovery.py). Supported extensions,
  * case-insensitive; a DICOM series folder (holding .dcm files) counts as one slide named after the folder;
- * --recursive descends into subdirectories; stems must be unique because each one names an output H5.
+ * --recursive descends into subdirectories (following links, each folder once, never --outdir); a dangling link
+ * with a slide extension is a slide (that fails with its reason); stems must be unique because each one names an
+ * output H5.
  */
 
 def slideExtensions() {
@@ -41,7 +43,10 @@ def stemOf(Path path) {
 }
 
 def isSlideFile(Path path) {
-    return java.nio.file.Files.isRegularFile(path) && !path.fileName.toString().startsWith('.') && suffixOf(path) in slideExtensions()
+    // a dangling link counts, so that its slide fails with a reason instead of being skipped
+    def dangling = java.nio.file.Files.isSymbolicLink(path) && !java.nio.file.Files.exists(path)
+    return (java.nio.file.Files.isRegularFile(path) || dangling) && !path.fileName.toString().startsWith('.') &&
+        suffixOf(path) in slideExtensions()
 }
 
 def isDicomFile(Path path) {
@@ -58,10 +63,41 @@ def asSource(Path path) {
     return [path: target, stem: stemOf(target)]
 }
 
+def folderKey(Path dir) {
+    try { return java.nio.file.Files.readAttributes(dir, java.nio.file.attribute.BasicFileAttributes).fileKey() }
+    catch( IOException ignored ) { return null }
+}
+
+/*
+ * Slide files below dir, following links to folders but entering each folder once (a link back up the tree would
+ * loop; an alias would list its slides twice), real folders before links, never the run's outdir.
+ */
+def walkSlides(Path dir, Set seen, Object skipKey, List files) {
+    def key = folderKey(dir)
+    if( key != null && (key == skipKey || !seen.add(key)) ) return   // null: a store without file keys (e.g. S3), no links
+    def entries = java.nio.file.Files.list(dir).withCloseable { s -> s.toList() }.sort(false) { a, b ->
+        (java.nio.file.Files.isSymbolicLink(a) <=> java.nio.file.Files.isSymbolicLink(b)) ?: a.fileName.toString() <=> b.fileName.toString()
+    }
+    entries.each { p ->
+        if( java.nio.file.Files.isDirectory(p) ) walkSlides(p, seen, skipKey, files)
+        else if( isSlideFile(p) ) files << p
+    }
+}
+
+def outdirKey() {
+    def outdir = file(params.outdir.toString())
+    return java.nio.file.Files.isDirectory(outdir) ? folderKey(outdir) : null
+}
+
+def realPathOf(Path path) {
+    try { return path.toRealPath().toString() }
+    catch( IOException ignored ) { return path.toAbsolutePath().normalize().toString() }
+}
+
 def scanFolder(Path folder, boolean recursive) {
     def files = []
     if( recursive ) {
-        java.nio.file.Files.walk(folder).withCloseable { s -> s.forEach { p -> if( isSlideFile(p) ) files << p } }
+        walkSlides(folder, [] as Set, outdirKey(), files)
     }
     else {
         def entries = java.nio.file.Files.list(folder).withCloseable { s -> s.toList() }
@@ -91,7 +127,8 @@ def findSlides(String input, boolean recursive) {
         if( java.nio.file.Files.isDirectory(path) ) sources.addAll(scanFolder(path, recursive))
         else sources << asSource(path)   // one file, whatever its extension: the tool says if it cannot read it
     }
-    sources = sources.unique { s -> s.path.toString() }.sort { s -> s.path.toString() }
+    // one slide reached by several paths under the same stem (links) counts once
+    sources = sources.sort { s -> s.path.toString() }.unique { s -> [s.stem, realPathOf(s.path)] }
     if( !sources ) error("--input ${input}: no slides found (extensions: ${slideExtensions().join(' ')})")
     def clashes = sources.groupBy { s -> s.stem }.findAll { _stem, group -> group.size() > 1 }
     if( clashes ) {

@@ -53,6 +53,7 @@ def coords(path: Path) -> np.ndarray:
 def mixed_dir(link_slides, tmp_path: Path, cmu_svs: Path, cmu_pyramid: Path, tiny_svs: Path, boxes_tiff: Path) -> Path:
     folder = link_slides(cmu_svs, cmu_pyramid, tiny_svs, boxes_tiff)
     (folder / "corrupt.svs").write_bytes(cmu_svs.read_bytes()[:30_000])
+    (folder / "case7.svs").symlink_to(tmp_path / "unmounted-share" / "case7.svs")
     return folder
 
 
@@ -71,10 +72,11 @@ def test_directory_run_with_bad_slides(mixed_dir: Path, tmp_path: Path) -> None:
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     failed = [line for line in result.stderr.splitlines() if line.startswith("FAILED")]
-    assert len(failed) == 2
+    assert len(failed) == 3
     assert any("boxes-synthetic" in line and "implausible mpp" in line for line in failed)
+    assert any("case7" in line and "unmounted-share/case7.svs, which does not exist" in line for line in failed)
     assert any("corrupt" in line and ("corrupt" in line.split(":", 1)[1] or "OpenSlide" in line) for line in failed)
-    assert "3 of 5 slide(s) succeeded, 2 failed" in result.stdout
+    assert "3 of 6 slide(s) succeeded, 3 failed" in result.stdout
     patches = out / "patches"
     assert sorted(p.name for p in patches.glob("*.h5")) == [
         "CMU-1-Small-Region.h5",

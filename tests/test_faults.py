@@ -320,3 +320,32 @@ def test_a_directory_without_slides_is_refused_up_front(content: str, tmp_path: 
     assert_clean_exit(result, 2)
     assert result.stderr.startswith(f"Error: {folder}: no slides found") and result.stderr.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_an_h5_made_from_another_slide_is_never_reused(tmp_path: Path, cmu_svs: Path, tiny_svs: Path) -> None:
+    """The same stem, another slide (another folder, a replaced file): every command that would reuse the H5 (its
+    tissue, coords, features or embedding) refuses it up front, naming both sizes, and nothing is changed."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, slide in ((first, cmu_svs), (second, tiny_svs)):
+        folder.mkdir()
+        (folder / "x.svs").symlink_to(slide)
+    out = tmp_path / "out"
+    assert_clean_exit(encode(first, out), 0)
+    h5 = out / "patches" / "x.h5"
+    before = h5.read_bytes()
+    refused = "x.h5 was made from a 2220x2967 px slide, not this 16x16 px one"
+    geometry = ("--patch-size", "224", "--target-mag", "20")
+    runs = {
+        "encode-slide": encode(second, out),
+        "segment-and-get-coords": run_atlaspatch(
+            "segment-and-get-coords", second, "-o", out, *geometry, "--segmenter", "otsu", "--device", "cpu"
+        ),
+        "segment": run_atlaspatch("segment", second / "x.svs", "-o", out, "--segmenter", "otsu", "--device", "cpu"),
+        "tile": run_atlaspatch("tile", second / "x.svs", "--h5", h5, "-o", tmp_path / "tiled", *geometry),
+    }
+    for command, result in runs.items():
+        assert_clean_exit(result, 2)
+        assert refused in result.stderr, (command, result.stderr)
+    assert h5.read_bytes() == before
+    assert not (tmp_path / "tiled" / "patches" / "x.h5").exists()
+    assert_clean_exit(encode(first, out), 0)  # its own slide still reuses it

@@ -153,7 +153,9 @@ def test_resume_reexecutes_nothing(test_profile_run, slides_dir: Path) -> None:
 
 def _discovery_folder(root: Path, slides_dir: Path) -> Path:
     """Slides named and nested the ways discovery must handle: case-insensitive extensions, a DICOM series folder,
-    hidden and unsupported files, and slides (and a series) one level down."""
+    hidden and unsupported files, slides (and a series) one level down, a dangling link (a slide that will fail), two
+    links back up the tree (a loop), an alias of a folder (its slides once), and the run's outdir inside the input
+    with pictures the tool wrote there."""
     tiny, dicom = slides_dir / "tiny-synthetic.svs", slides_dir / "CMU-1-Small-Region.dicom"
     if not (tiny.exists() and dicom.exists()):
         pytest.skip(f"tiny-synthetic.svs and CMU-1-Small-Region.dicom are needed in {slides_dir}")
@@ -166,6 +168,12 @@ def _discovery_folder(root: Path, slides_dir: Path) -> Path:
     (folder / ".hidden.svs").symlink_to(tiny)
     (folder / "nested" / "deeper.Tiff").symlink_to(tiny)
     (folder / "notes.txt").write_text("not a slide\n")
+    (folder / "gone.svs").symlink_to(root / "nowhere" / "gone.svs")
+    for up in ("up1", "up2"):
+        (folder / "nested" / up).symlink_to("..", target_is_directory=True)
+    (folder / "alias").symlink_to("nested", target_is_directory=True)
+    (folder / "results" / "visualization").mkdir(parents=True)
+    (folder / "results" / "visualization" / "UPPER.png").write_bytes(b"a picture of an earlier run")
     return folder
 
 
@@ -184,16 +192,17 @@ def test_stub_run_and_slide_discovery_match_the_cli(tmp_path: Path, slides_dir: 
         folder,
         *extra,
         "--outdir",
-        tmp_path / "results",
+        folder / "results",
         "-work-dir",
         tmp_path / "work",
         slides=slides_dir,
     )
     assert result.returncode == 0, result.output[-4000:]
-    expected = sorted(f"{s.stem}.h5" for s in find_slides(folder, recursive))
-    assert sorted(p.name for p in (tmp_path / "results" / "patches").iterdir()) == expected
+    expected = sorted(f"{s.stem}.h5" for s in find_slides(folder, recursive, output=folder / "results"))
+    assert sorted(p.name for p in (folder / "results" / "patches").iterdir()) == expected
     assert ("deeper.h5" in expected) == recursive and "series.dicom.h5" in expected and "UPPER.h5" in expected
-    assert {r["status"] for r in trace_rows(tmp_path / "results")} == {"COMPLETED"}
+    assert "gone.h5" in expected
+    assert {r["status"] for r in trace_rows(folder / "results")} == {"COMPLETED"}
 
 
 def test_a_bad_slide_fails_alone_and_the_run_exits_non_zero(tmp_path: Path, cmu_svs: Path, boxes_tiff: Path) -> None:

@@ -129,12 +129,50 @@ def test_discovery_is_sorted_case_insensitive_and_groups_dicom(
     assert [s.stem for s in find_slides(folder, recursive=True)] == ["B", "a", "c", "series.dicom"]
 
 
-def test_same_stem_twice_is_refused_up_front(tmp_path: Path, cmu_svs: Path) -> None:
-    for sub in ("x", "y"):
+def test_same_stem_twice_is_refused_up_front(tmp_path: Path, cmu_svs: Path, tiny_svs: Path) -> None:
+    for sub, slide in (("x", cmu_svs), ("y", tiny_svs)):  # two slides (one reached twice would count once)
         (tmp_path / sub).mkdir()
-        (tmp_path / sub / "slide.svs").symlink_to(cmu_svs)
+        (tmp_path / sub / "slide.svs").symlink_to(slide)
     with pytest.raises(ConfigError, match=r"same stem.*slide"):
         find_slides(tmp_path, recursive=True)
+
+
+def test_recursive_discovery_enters_each_folder_once(tmp_path: Path, cmu_svs: Path) -> None:
+    """Two links back up the tree (a loop that never ends when followed blindly), an alias of a folder and an alias
+    of a file under the same stem: every slide once, at its real path."""
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "a.svs").symlink_to(cmu_svs)
+    for up in ("up1", "up2"):
+        (folder / "sub" / up).symlink_to("..", target_is_directory=True)
+    (folder / "alias").symlink_to("sub", target_is_directory=True)
+    (folder / "other").mkdir()
+    (folder / "other" / "a.svs").symlink_to(folder / "sub" / "a.svs")  # the same file, the same stem
+    (folder / "b.svs").symlink_to(cmu_svs)  # the same file, another name: another slide
+    found = find_slides(folder, recursive=True)
+    assert [(s.stem, s.path.relative_to(folder).as_posix()) for s in found] == [("b", "b.svs"), ("a", "other/a.svs")]
+
+
+def test_the_runs_output_inside_the_input_is_not_searched(tmp_path: Path, cmu_svs: Path) -> None:
+    folder = tmp_path / "in"
+    (folder / "out" / "visualization").mkdir(parents=True)
+    (folder / "good.svs").symlink_to(cmu_svs)
+    Image.new("RGB", (8, 8)).save(folder / "out" / "visualization" / "good.png")  # written by an earlier run
+    with pytest.raises(ConfigError, match="same stem"):
+        find_slides(folder, recursive=True)
+    assert [s.stem for s in find_slides(folder, recursive=True, output=folder / "out")] == ["good"]
+
+
+def test_a_dangling_link_is_a_slide_that_fails_with_its_reason(tmp_path: Path, cmu_svs: Path) -> None:
+    """Skipping it would report a run as complete while a slide (say, on an unmounted share) was never seen."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "good.svs").symlink_to(cmu_svs)
+    (folder / "case7.svs").symlink_to(tmp_path / "unmounted" / "case7.svs")
+    found = find_slides(folder)
+    assert [s.stem for s in found] == ["case7", "good"]
+    with pytest.raises(SlideError, match=r"case7\.svs: a link to .*unmounted/case7\.svs, which does not exist"):
+        open_slide(found[0].path)
 
 
 def test_directory_without_slides(tmp_path: Path) -> None:

@@ -167,7 +167,7 @@ def segment_and_get_coords(
     def run() -> int:
         setup_logging(verbose)
         request = _segment_tile_request(**options)
-        sources = find_slides(wsi_path, recursive)
+        sources = find_slides(wsi_path, recursive, output=output)
         _warn_unmatched_mpp_rows(sources, request.mpp_overrides)
         pipeline = SegmentTilePipeline(request)
         checked = pipeline.preflight(sources)
@@ -440,7 +440,7 @@ def encode_slide(
             allow_mag_mismatch=allow_mag_mismatch,
         )
         pipeline = EncodeSlidePipeline(request)  # geometry and encoder names are checked before any slide
-        sources = find_slides(wsi_path, recursive)
+        sources = find_slides(wsi_path, recursive, output=output)
         _warn_unmatched_mpp_rows(sources, tiling.mpp_overrides)
         checked = pipeline.preflight(sources)
         with pipeline_progress() as progress:

@@ -16,7 +16,7 @@ from typing import Any
 from .errors import AtlasPatchError, ReuseConflict, one_line
 from .h5 import schema
 from .h5.atomic import remove_leftover_temps
-from .h5.inspect import H5State, describe_mismatches, geometry_mismatches, inspect_h5
+from .h5.inspect import H5State, describe_mismatches, geometry_mismatches, inspect_h5, made_from_another_slide
 from .h5.locks import SlideLock
 from .outputs import OutputLayout
 from .segmentation.registry import Segmenter, build_segmenter
@@ -73,9 +73,15 @@ def open_source(source: SlideSource, request: SegmentTileRequest) -> Slide:
 
 
 def reuse_conflict(source: SlideSource, state: H5State, request: SegmentTileRequest) -> str | None:
-    """Why an existing, finished H5 cannot serve this request (None when it can)."""
+    """Why an existing H5 (tissue only, or tiled) cannot serve this request (None when it can)."""
     with open_source(source, request) as slide:
-        mismatches = geometry_mismatches(state, wanted_geometry(slide, request))
+        return made_from_another_slide(state, slide.dimensions) or _geometry_conflict(slide, state, request)
+
+
+def _geometry_conflict(slide: Slide, state: H5State, request: SegmentTileRequest) -> str | None:
+    if not state.is_tiled:
+        return None
+    mismatches = geometry_mismatches(state, wanted_geometry(slide, request))
     return describe_mismatches(mismatches) if mismatches else None
 
 
@@ -93,11 +99,11 @@ def refuse_mismatching_outputs(
     for source in sources:
         try:
             state = inspect_h5(request.layout.h5(source.stem))
-            if state.is_tiled:
+            if state.exists:
                 reason = reuse_conflict(source, state, request)
                 if reason:
                     conflicts.append(f"{source.stem}: {reason}")
-                else:
+                elif state.is_tiled:
                     reusable.add(source.stem)
         except AtlasPatchError as exc:
             outcomes[source.stem].status, outcomes[source.stem].note = "failed", one_line(exc)
@@ -205,10 +211,13 @@ class SegmentTilePipeline:
             remove_leftover_temps(layout.h5(source.stem))
             item.state = inspect_h5(layout.h5(source.stem)) if not self.request.force else None
             item.slide = open_source(source, self.request)
-            if item.state is not None and item.state.is_tiled:
-                reason = geometry_mismatches(item.state, wanted_geometry(item.slide, self.request))
+            if item.state is not None and item.state.exists:
+                reason = made_from_another_slide(item.state, item.slide.dimensions) or _geometry_conflict(
+                    item.slide, item.state, self.request
+                )
                 if reason:  # changed by another run since the preflight
-                    raise ReuseConflict(f"{source.stem}: {describe_mismatches(reason)}; use --force")
+                    raise ReuseConflict(f"{source.stem}: {reason}; use --force")
+            if item.state is not None and item.state.is_tiled:
                 outcome.status, outcome.num_patches = "reused", item.state.num_patches
                 self._complete_optional_outputs(item)
                 self._finish(item, open_slots, on_done)

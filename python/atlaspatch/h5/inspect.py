@@ -120,5 +120,16 @@ def geometry_mismatches(state: H5State, wanted: Mapping[str, Any]) -> list[tuple
     return [(name, have.get(name), wanted[name]) for name in fields if not _same(have.get(name), wanted[name])]
 
 
+def made_from_another_slide(state: H5State, dimensions: tuple[int, int]) -> str | None:
+    """Why the H5 belongs to another slide (its level-0 size differs from this slide's), or None."""
+    expected = (state.attrs.get("level0_width"), state.attrs.get("level0_height"))
+    if None in expected or tuple(int(v) for v in expected) == tuple(dimensions):
+        return None
+    return (
+        f"{state.path.name} was made from a {int(expected[0])}x{int(expected[1])} px slide, "
+        f"not this {dimensions[0]}x{dimensions[1]} px one"
+    )
+
+
 def describe_mismatches(mismatches: list[tuple[str, Any, Any]]) -> str:
     return ", ".join(f"{name} {have} (file) != {want} (requested)" for name, have, want in mismatches)

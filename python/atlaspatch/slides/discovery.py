@@ -24,40 +24,73 @@ class SlideSource:
 
 
 def _is_candidate(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in SUPPORTED_EXTENSIONS
+    """A slide by its name; a dangling link counts, so that the run reports it instead of skipping it."""
+    if path.name.startswith(".") or path.suffix.lower() not in SUPPORTED_EXTENSIONS:
+        return False
+    return path.is_file() or (path.is_symlink() and not path.exists())
 
 
 def _as_source(path: Path) -> SlideSource:
-    if path.is_file() and path.suffix.lower() in DICOM_EXTENSIONS:
+    if path.suffix.lower() in DICOM_EXTENSIONS and not path.is_dir():  # a file of the series, or a dangling link
         return SlideSource(path.parent, slide_stem(path.parent))
     return SlideSource(path, slide_stem(path))
 
 
-def _walk(folder: Path) -> Iterator[Path]:
-    for root, _dirs, names in os.walk(folder, followlinks=True):
+def _folder_id(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _walk(folder: Path, skip: Path | None) -> Iterator[Path]:
+    """Every file below `folder`, following links to folders but entering each folder once (a link back up the
+    tree would loop forever; an alias would list its slides twice), and never `skip` (the run's own output)."""
+    skipped = _folder_id(skip) if skip is not None else None
+    seen = {_folder_id(folder)}
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        kept = []
+        for name in sorted(dirs, key=lambda d: (os.path.islink(os.path.join(root, d)), d)):  # real folders first
+            identity = _folder_id(Path(root) / name)
+            if identity is not None and identity not in seen and identity != skipped:
+                seen.add(identity)
+                kept.append(name)
+        dirs[:] = kept
         for name in names:
             yield Path(root) / name
 
 
-def _scan(folder: Path, recursive: bool) -> list[Path]:
-    entries = _walk(folder) if recursive else folder.iterdir()
+def _scan(folder: Path, recursive: bool, skip: Path | None) -> list[Path]:
+    entries = _walk(folder, skip) if recursive else folder.iterdir()
     files = [p for p in entries if _is_candidate(p)]
     if not recursive:
+        skipped = _folder_id(skip) if skip is not None else None
         for sub in folder.iterdir():
-            if sub.is_dir() and any(_is_candidate(p) and p.suffix.lower() in DICOM_EXTENSIONS for p in sub.iterdir()):
+            if not sub.is_dir() or _folder_id(sub) == skipped:
+                continue
+            if any(_is_candidate(p) and p.suffix.lower() in DICOM_EXTENSIONS for p in sub.iterdir()):
                 files.extend(p for p in sub.iterdir() if p.suffix.lower() in DICOM_EXTENSIONS)
     return files
 
 
-def find_slides(path: str | Path, recursive: bool = False) -> list[SlideSource]:
-    """Slides under `path`, sorted; a DICOM series folder counts once. Stems must be unique in a run."""
+def _one_per_file(sources: set[SlideSource]) -> list[SlideSource]:
+    """Sorted, with one slide reached by several paths under the same stem (links) kept once."""
+    kept: dict[tuple[str, str], SlideSource] = {}
+    for source in sorted(sources, key=lambda s: str(s.path)):
+        kept.setdefault((source.stem, os.path.realpath(source.path)), source)
+    return sorted(kept.values(), key=lambda s: str(s.path))
+
+
+def find_slides(path: str | Path, recursive: bool = False, output: Path | None = None) -> list[SlideSource]:
+    """Slides under `path`, sorted; a DICOM series folder counts once; `output` (the run's output folder, which
+    may lie inside `path`) is never searched. Stems must be unique in a run."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such file or directory")
     if path.is_file():
         return [_as_source(path)]
-    unique = {_as_source(p) for p in _scan(path, recursive)}
-    sources = sorted(unique, key=lambda s: str(s.path))
+    sources = _one_per_file({_as_source(p) for p in _scan(path, recursive, output)})
     if not sources:
         raise ConfigError(f"{path}: no slides found (extensions: {' '.join(SUPPORTED_EXTENSIONS)})")
     _refuse_stem_collisions(sources)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -221,6 +222,8 @@ def open_slide(path: str | Path, stem: str | None = None, mpp_override: float | 
     path = Path(path)
     source = dicom_series_file(path) if path.is_dir() else path
     if not source.exists():
+        if source.is_symlink():
+            raise SlideError(f"{path}: a link to {os.readlink(source)}, which does not exist")
         raise SlideError(f"{path}: no such file")
     if source.suffix.lower() not in SUPPORTED_EXTENSIONS:
         raise SlideError(f"{path.name}: unsupported extension {source.suffix or '(none)'}")

@@ -9,7 +9,7 @@ import h5py
 from ..errors import ConfigError, H5Error, ReuseConflict
 from ..h5 import schema
 from ..h5.atomic import atomic_h5, remove_leftover_temps
-from ..h5.inspect import describe_mismatches, geometry_mismatches, inspect_h5
+from ..h5.inspect import describe_mismatches, geometry_mismatches, inspect_h5, made_from_another_slide
 from ..h5.locks import SlideLock
 from ..outputs import OutputLayout
 from ..segmentation.registry import build_segmenter
@@ -40,12 +40,9 @@ def start_from_previous(previous: Path, target: Path, slide: Slide) -> None:
     state = inspect_h5(previous)
     if not state.exists:
         raise H5Error(f"{previous} does not exist")
-    expected = (state.attrs.get("level0_width"), state.attrs.get("level0_height"))
-    if None not in expected and tuple(int(v) for v in expected) != tuple(slide.dimensions):
-        raise ReuseConflict(
-            f"{previous.name} was made from a {expected[0]}x{expected[1]} px slide, not this "
-            f"{slide.dimensions[0]}x{slide.dimensions[1]} px one; use --force or another output"
-        )
+    other = made_from_another_slide(state, slide.dimensions)
+    if other:
+        raise ReuseConflict(f"{other}; use --force or another output")
     if Path(previous).resolve() != Path(target).resolve():
         with atomic_h5(target, start_from=previous):
             pass
@@ -74,6 +71,9 @@ def run_segment_stage(
             if previous is not None and not force:
                 start_from_previous(previous, target, slide)
             state = None if force else inspect_h5(target)
+            other = made_from_another_slide(state, slide.dimensions) if state is not None else None
+            if other:
+                raise ReuseConflict(f"{other}; use --force to rebuild it or choose another --output")
             if state is not None and state.has_tissue:
                 if state.tissue_attrs.get(schema.TISSUE_SEGMENTER) == segmenter:
                     return f"{slide.stem}: tissue already segmented with {segmenter}, reused {target}"
@@ -114,6 +114,9 @@ def run_tile_stage(
     if not state.has_tissue:
         raise H5Error(f"{h5_in} has no tissue/ group: run `atlaspatch segment` on the slide first")
     with _open_one(slide_path, mpp, mpp_overrides) as slide:
+        other = made_from_another_slide(state, slide.dimensions)
+        if other:  # its tissue, and its coords, are another slide's: --force cannot help
+            raise ReuseConflict(f"{other}; pass the H5 that `atlaspatch segment` made from this slide")
         target = layout.h5(slide.stem)
         with h5py.File(h5_in, "r") as handle:
             tissue = read_tissue(handle)

@@ -29,7 +29,7 @@ from ..errors import H5Error, SlideError
 from ..h5 import schema
 from ..h5.atomic import atomic_h5
 from ..h5.attrs import write_attrs
-from ..h5.inspect import H5State, complete_features, inspect_h5
+from ..h5.inspect import H5State, complete_features, inspect_h5, made_from_another_slide
 from ..slides.reader import Slide, open_slide
 from .tile import read_patch
 
@@ -263,12 +263,9 @@ def check_slide_matches(slide_path: Path, state: H5State, mpp: float | None) -> 
     """Refuse to read pixels from a slide other than the one the H5 was tiled on."""
     with open_slide(slide_path, mpp_override=mpp) as slide:
         dimensions = slide.dimensions
-    expected = (state.attrs.get("level0_width"), state.attrs.get("level0_height"))
-    if None not in expected and tuple(int(v) for v in expected) != tuple(dimensions):
-        raise SlideError(
-            f"{slide_path.name} is {dimensions[0]}x{dimensions[1]} px but {state.path.name} was tiled on a "
-            f"{expected[0]}x{expected[1]} px slide: pass the slide the H5 was made from"
-        )
+    other = made_from_another_slide(state, dimensions)
+    if other:
+        raise SlideError(f"{other}: pass the slide the H5 was made from")
 
 
 def missing_encoders(state: H5State, specs: list[Any], force: bool) -> list[Any]:
