@@ -115,17 +115,19 @@ def test_sigkill_in_each_stage_leaves_nothing_mistakable_and_a_rerun_equals_a_cl
 
 # ---- 2. locks
 def test_dead_and_stale_locks_are_taken_over_and_live_ones_fail_only_their_slide(tmp_path: Path, cmu_svs: Path) -> None:
-    """Copies of the slide, each with a lock: a dead pid here, a day-old lock of another host and an empty lock a
-    minute old (a run killed between creating and writing it) are taken over, with the dead run's temp file removed;
+    """Copies of the slide, each with a lock: a dead pid here, a pid here that a process started after the lock
+    holds now (reused after a crash or a reboot), a day-old lock of another host and an empty lock a minute old (a
+    run killed between creating and writing it) are taken over, with the dead run's temp file removed;
     a live pid here and a fresh lock of another host are waited for (ATLASPATCH_LOCK_WAIT_S=1), then fail that slide
     alone with one line."""
     folder = tmp_path / "slides"
     folder.mkdir()
-    for stem in ("dead", "empty", "live", "old_remote", "fresh_remote"):
+    for stem in ("dead", "reused", "empty", "live", "old_remote", "fresh_remote"):
         (folder / f"{stem}.svs").symlink_to(cmu_svs)
     patches, host, now = tmp_path / "out" / "patches", socket.gethostname(), time.time()
     write_lock(patches / "dead.lock", dead_pid(), host, now)
     write_lock(patches / "live.lock", os.getpid(), host, now)  # this test process: alive for the whole run
+    write_lock(patches / "reused.lock", os.getpid(), host, now - 86400)  # written a day before this process started
     write_lock(patches / "old_remote.lock", 4242, "elsewhere.example", now - 2 * 86400)
     write_lock(patches / "fresh_remote.lock", 4242, "elsewhere.example", now)
     (patches / "empty.lock").write_text("")
@@ -138,7 +140,7 @@ def test_dead_and_stale_locks_are_taken_over_and_live_ones_fail_only_their_slide
 
     assert_clean_exit(result, 1)
     table = summary(result.stdout)
-    for stem in ("dead", "empty", "old_remote"):
+    for stem in ("dead", "reused", "empty", "old_remote"):
         assert table[stem]["status"] == "ok" and not (patches / f"{stem}.lock").exists()
         assert_finished_h5(patches / f"{stem}.h5")
     assert not dead_temp.exists()

@@ -13,6 +13,7 @@ from ..errors import LockHeld
 STALE_AFTER_S = float(os.environ.get("ATLASPATCH_LOCK_STALE_S", 6 * 3600))
 WAIT_S = float(os.environ.get("ATLASPATCH_LOCK_WAIT_S", 3600))
 POLL_S = 0.2
+PID_REUSE_SLACK_S = 5.0  # /proc's boot time is whole seconds and follows clock adjustments
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,21 @@ class LockOwner:
         except ProcessLookupError:
             return False
         except PermissionError:
-            return True
-        return True
+            pass  # another user's process
+        # After a crash or a reboot the pid may belong to a process that started after the lock was written.
+        started = process_start_time(self.pid)
+        return started is None or started <= self.started + PID_REUSE_SLACK_S
+
+
+def process_start_time(pid: int) -> float | None:
+    """When the process started (seconds since the epoch), or None where /proc cannot tell (not Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if "btime " in line)
+        ticks = int(stat[stat.rindex(")") + 2 :].split()[19])  # field 22; the name before ")" may hold spaces
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _read_owner(path: Path) -> LockOwner | None:
