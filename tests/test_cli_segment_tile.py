@@ -8,6 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
 
 from atlaspatch.h5 import schema
 from conftest import run_atlaspatch
@@ -270,6 +271,24 @@ def test_save_images(tmp_path: Path, cmu_svs: Path) -> None:
     )
     assert again.returncode == 0 and "reused" in again.stdout
     assert {p.name for p in images.iterdir()} == names  # a reused H5 still gets its PNGs
+
+
+@pytest.mark.parametrize("save_on_retile", [True, False], ids=["retiled-with-images", "images-on-a-later-reuse"])
+def test_retiling_never_leaves_stale_patch_images(tmp_path: Path, cmu_svs: Path, save_on_retile: bool) -> None:
+    """224-px PNGs, then the slide re-tiled at 256 px (--force), with --save-images then or on a later reuse: only
+    the new patches' PNGs, each 256 px, though both lattices share coordinates (e.g. x1792_y1792)."""
+    out = tmp_path / "out"
+    base = ("segment-and-get-coords", cmu_svs, "-o", out, "--target-mag", "20", "--segmenter", "otsu")
+    assert run_atlaspatch(*base, "--patch-size", "224", "--save-images").returncode == 0
+    retile = ("--patch-size", "256", "--force", *(("--save-images",) if save_on_retile else ()))
+    assert run_atlaspatch(*base, *retile).returncode == 0
+    if not save_on_retile:
+        again = run_atlaspatch(*base, "--patch-size", "256", "--save-images")
+        assert again.returncode == 0 and "reused" in again.stdout
+    images = out / "images" / "CMU-1-Small-Region"
+    names = {f"CMU-1-Small-Region_x{x}_y{y}.png" for x, y in coords(out / "patches" / "CMU-1-Small-Region.h5")[:, :2]}
+    assert {p.name for p in images.iterdir()} == names and "CMU-1-Small-Region_x1792_y1792.png" in names
+    assert {Image.open(p).size for p in images.iterdir()} == {(256, 256)}
 
 
 def test_pipeline_bounded_by_max_open_slides(

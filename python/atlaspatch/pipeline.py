@@ -23,7 +23,7 @@ from .segmentation.registry import Segmenter, build_segmenter
 from .slides.discovery import SlideSource, mpp_override_for
 from .slides.reader import Slide, open_slide
 from .stages.segment import TissueSegmentation, read_tissue, segment_slides
-from .stages.tile import TileOptions, export_patch_images, geometry_attrs, write_tiled_h5
+from .stages.tile import TileOptions, clear_patch_images, export_patch_images, geometry_attrs, write_tiled_h5
 from .tiling.geometry import plan_geometry
 from .visualize import VisualizeOptions, write_visualizations
 
@@ -252,6 +252,7 @@ class SegmentTilePipeline:
         layout = self.request.layout
         try:
             images_dir = layout.images_dir if self.request.tile.save_images else None
+            clear_patch_images(layout.images_dir, item.source.stem)
             result = write_tiled_h5(
                 layout.h5(item.source.stem), item.slide, item.tissue, self.request.tile, images_dir=images_dir
             )

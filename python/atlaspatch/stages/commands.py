@@ -26,7 +26,7 @@ from .embed_patches import (
     start_worker_server,
 )
 from .segment import read_tissue, segment_slides, write_segmentation_h5
-from .tile import TileOptions, export_patch_images, geometry_attrs, write_tiled_h5
+from .tile import TileOptions, clear_patch_images, export_patch_images, geometry_attrs, write_tiled_h5
 
 
 def _open_one(slide_path: Path, mpp: float | None, mpp_overrides: dict[str, float] | None) -> Slide:
@@ -138,6 +138,7 @@ def run_tile_stage(
                     export_patch_images(slide, target, layout.images_dir, options.workers)
             else:
                 images_dir = layout.images_dir if options.save_images else None
+                clear_patch_images(layout.images_dir, slide.stem)
                 result = write_tiled_h5(target, slide, tissue, options, start_from=h5_in, images_dir=images_dir)
                 message = f"{slide.stem}: {result.num_patches} patches -> {target}"
                 if result.num_patches == 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -88,6 +89,13 @@ def read_patch(slide: Slide, row: np.ndarray | tuple[int, ...], patch_size: int)
 
 def patch_image_path(images_dir: Path, stem: str, x: int, y: int) -> Path:
     return images_dir / stem / f"{stem}_x{int(x)}_y{int(y)}.png"
+
+
+def clear_patch_images(images_dir: Path, stem: str) -> None:
+    """Re-tiling makes a slide's patch PNGs stale; they are removed, whether or not this run saves new ones: a later
+    --save-images on the new H5 would otherwise take a PNG named after a coordinate both lattices share for the new
+    patch."""
+    shutil.rmtree(images_dir / stem, ignore_errors=True)
 
 
 def save_patch_png(path: Path, rgb: np.ndarray) -> None:
