@@ -258,11 +258,49 @@ def checkFeatureParams() {
 }
 
 /*
+ * A stub run publishes empty files: never over the results of real runs.
+ */
+def refuseStubRunOverResults() {
+    if( !workflow.stubRun ) return
+    def patches = file("${params.outdir}/patches")
+    if( java.nio.file.Files.isDirectory(patches) && java.nio.file.Files.list(patches).withCloseable { s -> s.anyMatch { p -> p.toString().endsWith('.h5') } } )
+        error("-stub-run would overwrite the results in ${patches} with empty files: use another --outdir")
+}
+
+/*
+ * --mpp_csv: rows name slides by their output name (the file stem, or the samplesheet id); a row that names no slide
+ * of this run is reported, as the CLI does (a typo would otherwise silently not apply).
+ */
+def mppCsv(List slides, boolean sheet) {
+    def csv = file(params.mpp_csv)
+    if( !java.nio.file.Files.isRegularFile(csv) ) error("--mpp_csv ${params.mpp_csv}: no such file")
+    def ids   = slides*.stem as Set
+    def names = csv.readLines().drop(1).collect { line -> line.split(',', -1)[0].trim().replaceAll(/^"|"$/, '') }
+        .findAll { name -> name }
+    def unmatched = names.findAll { name ->
+        def base = name.tokenize('/\\')[-1]
+        def stem = base.lastIndexOf('.') > 0 ? base.substring(0, base.lastIndexOf('.')) : base
+        !(base in ids) && !(stem in ids)
+    }
+    if( unmatched ) {
+        def hint = sheet ? ' (with a samplesheet, rows name the id; or use its mpp column)' : ''
+        log.warn "atlaspatch-nf: --mpp_csv rows that match no slide of this run${hint}: ${unmatched.join(', ')}"
+    }
+    return csv
+}
+
+/*
  * Failure summary, read from this run's trace file (the trace observer has written and closed it before
  * onComplete handlers run): the final attempt of each task, and the last stderr line of each failed one.
  */
 def traceFile() {
     return file("${params.outdir}/pipeline_info/execution_trace_${params.trace_report_suffix}.txt")
+}
+
+def lastLine(String workdir, String name) {
+    def log = workdir ? file("${workdir}/${name}") : null
+    if( !log?.exists() ) return ''
+    return log.readLines().findAll { line -> line.trim() }.with { ls -> ls ? ls[-1].trim() : '' }
 }
 
 def failedTasks() {
@@ -278,15 +316,13 @@ def failedTasks() {
         last["${row.process ?: row.name}|${row.tag}"] = row
     }
     return last.values().findAll { row -> row.status in ['FAILED', 'ABORTED'] }.collect { row ->
-        def reason = ''
-        def err = row.workdir ? file("${row.workdir}/.command.err") : null
-        if( err?.exists() ) reason = err.readLines().findAll { line -> line.trim() }.with { ls -> ls ? ls[-1].trim() : '' }
+        def reason = lastLine(row.workdir, '.command.err') ?: lastLine(row.workdir, '.command.log')  // log: staging
         [tag: row.tag, process: row.process ?: row.name, exit: row.exit, status: row.status,
          reason: reason.size() > 300 ? reason.take(297) + '...' : reason, workdir: row.workdir]
     }
 }
 
-def summarise(run) {
+def summarise(run, boolean pickedUp, int slideCount) {
     def failed = failedTasks()
     if( failed == null ) {
         def n = run.stats.ignoredCount
@@ -303,9 +339,12 @@ def summarise(run) {
             "  ${t.tag}  ${t.process}  ${t.status} exit ${t.exit ?: '-'}" +
             (t.reason ? "\n      ${t.reason}" : '') + (t.workdir ? "\n      work dir: ${t.workdir}" : '')
         }.join('\n')
-        def others = run.success ? ', the other slides completed' : ''
-        log.error "atlaspatch-nf: ${failedSlides.size()} slide(s) failed${others}:\n${text}\n" +
-                  "Fix the cause and run again with -resume: only the failed slides are redone."
+        def others = run.success && failedSlides.size() < slideCount ? ', the other slides completed' : ''
+        // -resume matches this run's tasks only when this run took no published H5 (see pickUp in the workflow)
+        def again = pickedUp
+            ? "Fix the cause and run the same command again (without -resume): the slides completed in ${params.outdir} are reused from there."
+            : "Fix the cause and run the same command again with -resume: only the failed slides are redone."
+        log.error "atlaspatch-nf: ${failedSlides.size()} slide(s) failed${others}:\n${text}\n${again}"
     }
     if( run.success && !failed && !run.stats.ignoredCount ) {
         log.info "atlaspatch-nf: done, results in ${params.outdir}"
@@ -324,7 +363,8 @@ workflow {
     def slides = sheet ? readSamplesheet(params.input.toString()) : findSlides(params.input.toString(), params.recursive as boolean)
     log.info "atlaspatch-nf: ${slides.size()} slide(s) from ${params.input} -> ${params.outdir}"
 
-    mpp_csv   = params.mpp_csv ? file(params.mpp_csv, checkIfExists: true) : []
+    refuseStubRunOverResults()
+    mpp_csv   = params.mpp_csv ? mppCsv(slides, sheet) : []
     // EMBED_PATCHES stages these into its tasks (paths, not --model-dir strings), so tasks need no network
     model_dir = params.model_dir ? file(params.model_dir, checkIfExists: true, type: 'dir') : []
     plugins   = featurePlugins().files.collect { f -> file(f, checkIfExists: true) }
@@ -345,10 +385,12 @@ workflow {
     // Outdir reuse: without -resume (whose cache already covers it) and without --force, an H5 that an earlier run
     // published for a slide is where that slide starts from; every stage then reuses what still matches it.
     def pickUp = !workflow.resume && !params.force
-    ch_previous = channel.fromList(slides.collect { s ->
+    def previous = slides.collect { s ->
         def published = file("${params.outdir}/patches/${s.stem}.h5")
         [[id: s.stem] + (s.mpp ? [mpp: s.mpp] : [:]), pickUp && published.exists() ? published : []]
-    })
+    }
+    def pickedUp = previous.any { _meta, h5 -> h5 }
+    ch_previous = channel.fromList(previous)
 
     ATLASPATCH ( ch_slides, ch_previous, mpp_csv, model_dir, plugins )
 
@@ -360,5 +402,6 @@ workflow {
 
     // Summary of failed slides; the run's exit status is non-zero through workflow.failOnIgnore (nextflow.config).
     def run = workflow   // inside the handler closure `workflow` does not resolve to the run's metadata
-    workflow.onComplete { summarise(run) }
+    def slideCount = slides.size()
+    workflow.onComplete { summarise(run, pickedUp, slideCount) }
 }

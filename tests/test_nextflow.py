@@ -183,6 +183,9 @@ def test_stub_run_and_slide_discovery_match_the_cli(tmp_path: Path, slides_dir: 
     CLI finds in the same folder."""
     folder = _discovery_folder(tmp_path, slides_dir)
     extra = ["--recursive"] if recursive else []
+    mpp_csv = tmp_path / "mpp.csv"
+    mpp_csv.write_text("wsi,mpp\nUPPER.SVS,0.25\nnosuch.svs,0.3\n")
+    extra += ["--mpp_csv", str(mpp_csv)]
     result = nextflow(
         tmp_path,
         "-profile",
@@ -202,6 +205,7 @@ def test_stub_run_and_slide_discovery_match_the_cli(tmp_path: Path, slides_dir: 
     assert sorted(p.name for p in (folder / "results" / "patches").iterdir()) == expected
     assert ("deeper.h5" in expected) == recursive and "series.dicom.h5" in expected and "UPPER.h5" in expected
     assert "gone.h5" in expected
+    assert "--mpp_csv rows that match no slide of this run: nosuch.svs" in result.output
     assert {r["status"] for r in trace_rows(folder / "results")} == {"COMPLETED"}
 
 
@@ -473,17 +477,20 @@ def test_a_params_file_run(tmp_path: Path, cmu_svs: Path) -> None:
 
 
 def test_a_samplesheet_run(tmp_path: Path, cmu_svs: Path, cmu_pyramid: Path, cmu_dicom: Path) -> None:
-    """Rows name their outputs by id (a DICOM series folder included), relative paths start at the sheet's folder,
-    and an mpp column overrides the slide's; the H5 content equals a directory run's."""
+    """Rows name their outputs by id (a DICOM series folder included, under the id `patches`, the name of the
+    output folder: nothing is written into the series), relative paths start at the sheet's folder, and an mpp column
+    overrides the slide's; the H5 content equals a directory run's."""
     (tmp_path / "sheets").mkdir()
     (tmp_path / "sheets" / "local.svs").symlink_to(cmu_svs)
     sheet = tmp_path / "sheets" / "samplesheet.csv"
-    sheet.write_text(f"id,slide,mpp\ncase01,local.svs,\ncase02,{cmu_pyramid},0.25\ncase03,{cmu_dicom},\n")
+    sheet.write_text(f"id,slide,mpp\ncase01,local.svs,\ncase02,{cmu_pyramid},0.25\npatches,{cmu_dicom},\n")
+    series = sorted(cmu_dicom.iterdir())
     outdir = tmp_path / "results"
     args = ("-profile", "test", "--input", sheet, "--outdir", outdir, "-work-dir", tmp_path / "work")
     result = nextflow(tmp_path, *args)
     assert result.returncode == 0, result.output[-4000:]
-    assert sorted(p.name for p in (outdir / "patches").iterdir()) == ["case01.h5", "case02.h5", "case03.h5"]
+    assert sorted(p.name for p in (outdir / "patches").iterdir()) == ["case01.h5", "case02.h5", "patches.h5"]
+    assert sorted(cmu_dicom.iterdir()) == series
     reference = tmp_path / "cli"
     cli = run_atlaspatch("segment-and-get-coords", cmu_svs, "-o", reference, *GEOMETRY)
     assert cli.returncode == 0, cli.stderr
@@ -496,7 +503,7 @@ def test_a_samplesheet_run(tmp_path: Path, cmu_svs: Path, cmu_pyramid: Path, cmu
     with h5py.File(outdir / "patches" / "case02.h5") as handle:
         assert handle.attrs["mpp"] == 0.25  # the samplesheet's mpp, not the slide's 0.499
         assert handle.attrs["patch_size_level0"] != 224  # level 0 is now 40x: 448 px per 20x patch
-    with h5py.File(outdir / "patches" / "case03.h5") as handle:
+    with h5py.File(outdir / "patches" / "patches.h5") as handle:
         assert handle["coords"].shape[0] > 50
 
 
@@ -565,6 +572,8 @@ def test_outdir_reuse_across_separate_runs(tmp_path: Path, cmu_svs: Path, embed_
     third = nextflow(tmp_path, *common, "--patch_size", "256", "-work-dir", tmp_path / "w3", env=offline_env(tmp_path))
     assert third.returncode != 0
     assert "was tiled with other settings (patch_size 224 (file) != 256 (requested)" in third.output
+    # this run started from the published H5, so -resume could not match its tasks: a plain re-run is the advice
+    assert "run the same command again (without -resume): the slides completed in" in third.output
     assert h5.read_bytes() == before
 
 
@@ -579,6 +588,43 @@ def test_stub_run_of_the_whole_dag(tmp_path: Path, cmu_svs: Path) -> None:
         "ATLASPATCH:EMBED_PATCHES", "ATLASPATCH:ENCODE_SLIDE", "ATLASPATCH:SEGMENT", "ATLASPATCH:TILE", "PREFLIGHT",
     ]  # fmt: skip
     assert [p.name for p in (outdir / "patches").iterdir()] == [f"{cmu_svs.stem}.h5"]
+
+
+def test_names_with_spaces_quotes_and_a_leading_dash(
+    tmp_path: Path, cmu_svs: Path, cmu_pyramid: Path, embed_model_dir: Path
+) -> None:
+    """Slides, model dir and plugin whose names hold spaces, a quote, a `#` or start with `-` run as on the CLI
+    (Nextflow escapes staged paths; ids are quoted); then a -stub-run into the same outdir is refused, changing
+    nothing."""
+    folder = tmp_path / "in put"
+    folder.mkdir()
+    (folder / "O'Brien #1.svs").symlink_to(cmu_svs)
+    (folder / "-dash.tiff").symlink_to(cmu_pyramid)
+    models = tmp_path / "my models"
+    models.symlink_to(embed_model_dir, target_is_directory=True)
+    plugin = tmp_path / "plug ins" / f"{ENCODER}.py"
+    plugin.parent.mkdir()
+    plugin.symlink_to(EXAMPLE_PLUGIN)
+    outdir = tmp_path / "res ults"
+    result = nextflow(
+        tmp_path, "-profile", "test", "--input", folder, "--outdir", outdir, "-work-dir", tmp_path / "work",
+        "--patch_encoders", ENCODER, "--feature_plugin", plugin, "--model_dir", models,
+        "--feature_precision", "float32", "--feature_num_workers", "0", env=offline_env(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.output[-4000:]
+    published = outdir / "patches"
+    assert sorted(p.name for p in published.iterdir()) == ["-dash.h5", "O'Brien #1.h5"]
+    for h5 in published.iterdir():
+        with h5py.File(h5) as handle:
+            rows = handle["coords"].shape[0]
+            assert rows > 50 and handle[f"features/{ENCODER}"].shape == (rows, 512)
+    before = {h5.name: h5.read_bytes() for h5 in published.iterdir()}
+
+    stub = nextflow(tmp_path, "-profile", "test", "-stub-run", "--input", folder, "--outdir", outdir,
+                    "-work-dir", tmp_path / "stub-work")  # fmt: skip
+    assert stub.returncode != 0
+    assert f"-stub-run would overwrite the results in {published} with empty files" in stub.output
+    assert {h5.name: h5.read_bytes() for h5 in published.iterdir()} == before
 
 
 def test_resume_after_a_feature_option_change_reruns_only_the_downstream_stages(embed_run) -> None:

@@ -234,7 +234,8 @@ def test_a_task_killed_on_every_attempt_fails_its_slide_and_resume_completes(
         kill_group(run)
     assert run.returncode != 0, output[-4000:]
     assert "atlaspatch-nf: 1 slide(s) failed" in output, output[-4000:]
-    assert f"{cmu_svs.stem}  {EMBED}  FAILED exit 137" in output and "run again with -resume" in output
+    assert f"{cmu_svs.stem}  {EMBED}  FAILED exit 137" in output
+    assert "run the same command again with -resume: only the failed slides are redone" in output
     assert not (tmp_path / "results" / "patches" / f"{cmu_svs.stem}.h5").exists()
 
     assert_resume_redoes_only_embedding(tmp_path, args, cmu_svs.stem, clean_run)

@@ -63,6 +63,7 @@ def test_the_test_profile_passes_the_preflight(tmp_path: Path) -> None:
 
 def test_good_parameters_pass() -> None:
     check_params({**GOOD, "slide_encoders": "prism,moozy", "tissue_thresh": 0.5, "step_size": None}, SCHEMA)
+    check_params({**GOOD, "patch_encoders": "uni_v1,conch_v15"}, SCHEMA)
 
 
 @pytest.mark.parametrize(
@@ -78,6 +79,7 @@ def test_good_parameters_pass() -> None:
         ({"slide_encoders": "titan,prism", "patch_size": 512}, "run `--slide_encoders titan --patch_size 512`"),
         ({"slide_encoders": "moozy", "target_mag": 40}, "pass --allow_mag_mismatch"),
         ({"slide_encoders": "mean-nope"}, "'nope' is not a patch encoder"),
+        ({"patch_encoders": "uni_v1,uni_v3"}, "unknown patch encoder 'uni_v3'"),
     ],
 )
 def test_bad_parameters_are_one_clear_line(extra: dict[str, object], message: str) -> None:

@@ -108,6 +108,22 @@ def slide_encoder_errors(params: Mapping[str, Any], plugins: Sequence[str]) -> l
     return []
 
 
+def patch_encoder_errors(params: Mapping[str, Any], plugins: Sequence[str]) -> list[str]:
+    """Unknown --patch_encoders names, refused before any slide is segmented (as --slide_encoders are)."""
+    names = params.get("patch_encoders")
+    if not names:
+        return []
+    from .encoders.patch import parse_names, patch_encoder_registry
+
+    try:
+        registry = patch_encoder_registry(plugins)
+        for name in parse_names(str(names), "--patch_encoders"):
+            registry.get(name)
+    except ConfigError as exc:
+        return [as_pipeline_options(str(exc))]
+    return []
+
+
 def as_pipeline_options(text: str) -> str:
     """The CLI's --kebab-case option names in a message, as the pipeline's --snake_case parameters."""
     text = re.sub(r"--([a-z]+(?:-[a-z]+)+)", lambda match: "--" + match.group(1).replace("-", "_"), text)
@@ -174,7 +190,7 @@ def check_params(
     typed = schema_errors(declared, schema)
     problems += typed
     if not typed:
-        problems += slide_encoder_errors(declared, plugins)
+        problems += patch_encoder_errors(declared, plugins) + slide_encoder_errors(declared, plugins)
     if samplesheet is not None:
         problems += samplesheet_errors(*samplesheet)
     if problems:

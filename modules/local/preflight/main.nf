@@ -20,13 +20,13 @@ process PREFLIGHT {
     // Validated offline with Python jsonschema (nf-schema needs the plugin registry): undeclared or ill-typed
     // parameters and incompatible slide encoders stop the run here, before any slide task starts.
     def args   = task.ext.args ?: ''
-    def plugin = [plugins].flatten().collect { p -> "--feature-plugin '${p}'" }.join(' ')
-    def sheet  = samplesheet ? "--samplesheet '${samplesheet}' --input-schema '${input_schema}'" : ''
+    def plugin = [plugins].flatten().collect { p -> "--feature-plugin ${p}" }.join(' ')   // staged: escaped by Nextflow
+    def sheet  = samplesheet ? "--samplesheet ${samplesheet} --input-schema ${input_schema}" : ''
     """
     cat <<'END_PARAMS' > params.json
     ${params_json}
     END_PARAMS
-    atlaspatch check-params params.json --schema '${schema}' ${sheet} ${plugin} ${args}
+    atlaspatch check-params params.json --schema ${schema} ${sheet} ${plugin} ${args}
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":
