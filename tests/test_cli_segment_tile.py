@@ -380,3 +380,15 @@ def test_missing_sam2_weights_stop_the_run_before_any_work(tmp_path: Path, cmu_s
     assert len(error) == 1 and error[0].startswith("Error:")
     assert "AtlasAnalyticsLab/AtlasPatch" in error[0] and "atlaspatch models download sam2" in error[0]
     assert not (tmp_path / "out" / "patches").exists()
+
+
+@pytest.mark.parametrize("command", ["segment-and-get-coords", "encode-slide"])
+def test_an_output_that_is_a_file_is_refused_once_up_front(tmp_path: Path, cmu_svs: Path, command: str) -> None:
+    taken = tmp_path / "results"
+    taken.write_text("a file where the output folder should go")
+    extra = ("--slide-encoders", "mean-resnet50") if command == "encode-slide" else ()
+    for output in (taken, taken / "sub"):
+        result = run_atlaspatch(command, cmu_svs, "-o", output, *COMMON, *extra)
+        assert result.returncode == 2
+        assert result.stderr.strip() == f"Error: --output {output}: {taken} is a file, not a folder"
+    assert taken.read_text() == "a file where the output folder should go"

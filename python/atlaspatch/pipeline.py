@@ -152,6 +152,7 @@ class SegmentTilePipeline:
 
         Also loads the segmenter when some slide will need it, so missing weights stop the run up front.
         """
+        self.request.layout.ensure_writable()
         outcomes = {s.stem: SlideOutcome(stem=s.stem, path=s.path) for s in sources}
         reusable = refuse_mismatching_outputs(sources, self.request, outcomes)
         if any(s.stem not in reusable and not outcomes[s.stem].failed for s in sources):
