@@ -193,8 +193,13 @@ def readSamplesheet(String input) {
 def checkParams() {
     def missing = ['input', 'outdir', 'patch_size', 'target_mag'].findAll { name -> params[name] == null || params[name] == '' }
     if( missing ) {
+        // the CLI's --patch-size spelling: Nextflow keeps it as params.patchSize, not params.patch_size
+        def camel      = { String name -> name.replaceAll(/_([a-z])/) { _all, c -> c.toUpperCase() } }
+        def misspelled = missing.findAll { name -> params.containsKey(name.replace('_', '-')) || params.containsKey(camel(name)) }
+        def hint = misspelled ? "; write ${misspelled.collect { name -> '--' + name }.join(', ')} (snake_case), not " +
+                                "${misspelled.collect { name -> '--' + name.replace('_', '-') }.join(', ')}" : ''
         error("missing required parameter(s): ${missing.collect { name -> '--' + name }.join(', ')} " +
-              "(e.g. -params-file params.yaml, or -profile test)")
+              "(e.g. -params-file params.yaml, or -profile test)${hint}")
     }
     ['patch_size', 'target_mag'].each { name ->
         if( !(params[name] instanceof Integer) || params[name] < 1 ) error("--${name} must be a positive integer, got '${params[name]}'")

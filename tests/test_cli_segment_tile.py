@@ -109,6 +109,10 @@ def test_rerun_reuses_and_changed_geometry_is_refused_before_any_work(
     again = run_atlaspatch("segment-and-get-coords", folder, "-o", out, *COMMON)
     assert again.returncode == 0 and "reused" in again.stdout
     assert (sha(h5), h5.stat().st_mtime_ns) == (digest, mtime)
+    filters = ("--white-thresh", "30", "--black-thresh", "10")  # fast mode reads no pixels: these change nothing
+    again = run_atlaspatch("segment-and-get-coords", folder, "-o", out, *COMMON, *filters)
+    assert again.returncode == 0 and "reused" in again.stdout, again.stderr
+    assert (sha(h5), h5.stat().st_mtime_ns) == (digest, mtime)
 
     (folder / cmu_pyramid.name).symlink_to(cmu_pyramid)  # a new slide: must not be processed either
     changed = run_atlaspatch(

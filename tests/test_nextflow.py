@@ -431,6 +431,15 @@ def test_help_prints_the_parameters(tmp_path: Path) -> None:
                  "[default: float16]"):  # fmt: skip
         assert text in result.output, result.output
     assert "Submitted process" not in result.output
+    assert not (tmp_path / "null").exists()  # no run reports without an outdir
+
+
+def test_the_clis_spelling_of_required_parameters_gets_a_hint(tmp_path: Path, cmu_svs: Path) -> None:
+    cli_spelling = ("--patch-size", "224", "--target-mag", "20")
+    result = nextflow(tmp_path, "--input", cmu_svs, "--outdir", tmp_path / "r", *cli_spelling)
+    assert result.returncode != 0
+    assert "write --patch_size, --target_mag (snake_case), not --patch-size, --target-mag" in result.output
+    assert "Submitted process" not in result.output
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,8 @@ GEOMETRY_FIELDS = (
     "white_thresh",
     "black_thresh",
 )
+# The pixel filters: they decide nothing in fast mode, which keeps patches by the tissue mask alone.
+PIXEL_FILTER_FIELDS = ("white_thresh", "black_thresh")
 # Fields AtlasPatch itself writes; the only ones a file from AtlasPatch can be checked on.
 ATLASPATCH_GEOMETRY_FIELDS = ("patch_size", "step_size", "target_magnification", "patch_size_level0")
 
