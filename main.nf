@@ -191,6 +191,8 @@ def readSamplesheet(String input) {
 }
 
 def checkParams() {
+    // an unquoted glob (--input *.svs) reaches the pipeline as one --input and the rest as positional arguments
+    if( args ) error("unexpected argument(s) ${args.join(' ')}: quote a glob given to --input, e.g. --input 'slides/*.svs'")
     def missing = ['input', 'outdir', 'patch_size', 'target_mag'].findAll { name -> params[name] == null || params[name] == '' }
     if( missing ) {
         // the CLI's --patch-size spelling: Nextflow keeps it as params.patchSize, not params.patch_size
@@ -328,6 +330,7 @@ def failedTasks() {
 }
 
 def summarise(run, boolean pickedUp, int slideCount) {
+    if( run.preview ) return   // -preview runs no task
     def failed = failedTasks()
     if( failed == null ) {
         def n = run.stats.ignoredCount

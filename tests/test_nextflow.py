@@ -434,11 +434,21 @@ def test_help_prints_the_parameters(tmp_path: Path) -> None:
     assert not (tmp_path / "null").exists()  # no run reports without an outdir
 
 
-def test_the_clis_spelling_of_required_parameters_gets_a_hint(tmp_path: Path, cmu_svs: Path) -> None:
-    cli_spelling = ("--patch-size", "224", "--target-mag", "20")
-    result = nextflow(tmp_path, "--input", cmu_svs, "--outdir", tmp_path / "r", *cli_spelling)
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--patch-size", "224", "--target-mag", "20"),
+         "write --patch_size, --target_mag (snake_case), not --patch-size, --target-mag"),
+        (("--patch_size", "224", "--target_mag", "20", "another.svs"),  # what an unquoted --input glob turns into
+         "unexpected argument(s) another.svs: quote a glob given to --input"),
+    ],
+)  # fmt: skip
+def test_common_command_line_slips_get_a_hint(
+    tmp_path: Path, cmu_svs: Path, extra: tuple[str, ...], message: str
+) -> None:
+    result = nextflow(tmp_path, "--input", cmu_svs, "--outdir", tmp_path / "r", *extra)
     assert result.returncode != 0
-    assert "write --patch_size, --target_mag (snake_case), not --patch-size, --target-mag" in result.output
+    assert message in result.output, result.output[-3000:]
     assert "Submitted process" not in result.output
 
 
