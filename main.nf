@@ -191,8 +191,10 @@ def readSamplesheet(String input) {
 }
 
 def checkParams() {
-    // an unquoted glob (--input *.svs) reaches the pipeline as one --input and the rest as positional arguments
-    if( args ) error("unexpected argument(s) ${args.join(' ')}: quote a glob given to --input, e.g. --input 'slides/*.svs'")
+    // an unquoted glob (--input *.svs) reaches the pipeline as one --input and the other files as positional
+    // arguments (Nextflow also leaves a 'true' there for -stub-run: only existing paths count)
+    def stray = args.findAll { arg -> java.nio.file.Files.exists(java.nio.file.Paths.get(arg.toString())) }
+    if( stray ) error("unexpected argument(s) ${stray.join(' ')}: quote a glob given to --input, e.g. --input 'slides/*.svs'")
     def missing = ['input', 'outdir', 'patch_size', 'target_mag'].findAll { name -> params[name] == null || params[name] == '' }
     if( missing ) {
         // the CLI's --patch-size spelling: Nextflow keeps it as params.patchSize, not params.patch_size

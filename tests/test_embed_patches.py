@@ -325,7 +325,7 @@ def test_bad_requests_fail_before_any_work(
         embed(cmu_svs, work, tmp_path / "no_models")
     with pytest.raises(ConfigError, match="unknown patch encoder 'nope'"):
         embed(cmu_svs, work, model_dir, encoders="nope")
-    with pytest.raises(SlideError, match="was tiled on a 2220x2967 px slide"):
+    with pytest.raises(SlideError, match="was made from a 2220x2967 px slide, not this 16x16 px one"):
         embed(tiny_svs, work, model_dir)
     assert sha256(work) == digest
     segmented_only = tmp_path / "seg"

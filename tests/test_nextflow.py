@@ -439,16 +439,17 @@ def test_help_prints_the_parameters(tmp_path: Path) -> None:
     [
         (("--patch-size", "224", "--target-mag", "20"),
          "write --patch_size, --target_mag (snake_case), not --patch-size, --target-mag"),
-        (("--patch_size", "224", "--target_mag", "20", "another.svs"),  # what an unquoted --input glob turns into
-         "unexpected argument(s) another.svs: quote a glob given to --input"),
+        (("--patch_size", "224", "--target_mag", "20", "{tiny}"),  # what an unquoted --input glob turns into
+         "unexpected argument(s) {tiny}: quote a glob given to --input"),
     ],
 )  # fmt: skip
 def test_common_command_line_slips_get_a_hint(
-    tmp_path: Path, cmu_svs: Path, extra: tuple[str, ...], message: str
+    tmp_path: Path, cmu_svs: Path, tiny_svs: Path, extra: tuple[str, ...], message: str
 ) -> None:
+    extra = tuple(arg.format(tiny=tiny_svs) for arg in extra)
     result = nextflow(tmp_path, "--input", cmu_svs, "--outdir", tmp_path / "r", *extra)
     assert result.returncode != 0
-    assert message in result.output, result.output[-3000:]
+    assert message.format(tiny=tiny_svs) in result.output, result.output[-3000:]
     assert "Submitted process" not in result.output
 
 
