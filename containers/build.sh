@@ -7,14 +7,22 @@ usage() {
   cat <<'EOF'
 Usage: containers/build.sh [options]
 
-Builds, from the repository root as context:
-  containers/Dockerfile       -> atlaspatch-nf/atlaspatch:<version>        (params.container_cpu)
-  containers/Dockerfile.cuda  -> atlaspatch-nf/atlaspatch:<version>-cuda   (params.container_gpu)
+Builds containers/Dockerfile, with the repository root as context, into two images:
+  CPU   atlaspatch-nf/atlaspatch:<version>        (params.container_cpu)  torch from PyTorch's CPU wheel index
+  CUDA  atlaspatch-nf/atlaspatch:<version>-cuda   (params.container_gpu)  torch from PyPI (the CUDA build, with
+                                                                          the CUDA runtime and cuDNN as wheels)
 <version> is the package version in pyproject.toml.
 
 Options:
   --cpu                 build only the CPU image
   --cuda                build only the CUDA image
+  --base IMAGE          base image (default python:3.11-slim-bookworm); any image with Python 3.11 as `python`
+  --torch-index URL     where torch comes from, for every image built (default: the CPU index for the CPU
+                        image, PyPI for the CUDA one). A CPU image given a non-CPU index (e.g. PyPI, where the
+                        Linux wheel is the CUDA build) carries CUDA torch, and its build check expects that.
+  --pip-cache DIR       mount DIR as pip's cache during the build (podman only), so torch is downloaded once
+  --host-network        build with --network=host and the host's CA certificates mounted (podman only): for
+                        machines that reach PyPI only through a proxy whose CA the host trusts
   --push REGISTRY       also tag the images as REGISTRY/atlaspatch-nf/atlaspatch:<tag> and push them
                         (log in first); run the pipeline with --container_cpu/--container_gpu set to those names
   --sif                 also write Singularity/Apptainer images, named as Nextflow's image cache expects
@@ -41,7 +49,7 @@ ENGINE="${CONTAINER_ENGINE:-docker}"
 IMAGE_NAME="${IMAGE_NAME:-atlaspatch-nf/atlaspatch}"
 
 build_cpu=1 build_cuda=1 push_registry="" want_sif=0 sif_dir="" no_cache=() print_tags=0 dry_run=0
-only=""
+only="" base_image="" torch_index="" pip_cache="" host_network=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --cpu) [ "$only" = cuda ] && die "--cpu and --cuda together: leave both out to build both"; only=cpu ;;
@@ -49,6 +57,13 @@ while [ $# -gt 0 ]; do
     --push) [ $# -ge 2 ] && [ -n "$2" ] || die "--push needs a registry, e.g. --push ghcr.io/my-org"
             push_registry="${2%/}"; shift ;;
     --push=*) push_registry="${1#--push=}"; push_registry="${push_registry%/}"; [ -n "$push_registry" ] || die "--push needs a registry" ;;
+    --base) [ $# -ge 2 ] && [ -n "$2" ] || die "--base needs an image"; base_image="$2"; shift ;;
+    --base=*) base_image="${1#--base=}"; [ -n "$base_image" ] || die "--base needs an image" ;;
+    --torch-index) [ $# -ge 2 ] && [ -n "$2" ] || die "--torch-index needs a URL"; torch_index="$2"; shift ;;
+    --torch-index=*) torch_index="${1#--torch-index=}"; [ -n "$torch_index" ] || die "--torch-index needs a URL" ;;
+    --pip-cache) [ $# -ge 2 ] && [ -n "$2" ] || die "--pip-cache needs a directory"; pip_cache="$2"; shift ;;
+    --pip-cache=*) pip_cache="${1#--pip-cache=}"; [ -n "$pip_cache" ] || die "--pip-cache needs a directory" ;;
+    --host-network) host_network=1 ;;
     --sif) want_sif=1 ;;
     --sif-dir) [ $# -ge 2 ] && [ -n "$2" ] || die "--sif-dir needs a directory"; sif_dir="$2"; want_sif=1; shift ;;
     --sif-dir=*) sif_dir="${1#--sif-dir=}"; want_sif=1 ;;
@@ -62,6 +77,10 @@ while [ $# -gt 0 ]; do
 done
 case "$only" in cpu) build_cuda=0 ;; cuda) build_cpu=0 ;; esac
 case "$ENGINE" in docker|podman) ;; *) die "CONTAINER_ENGINE must be docker or podman, not '$ENGINE'" ;; esac
+if [ "$ENGINE" != podman ]; then
+  [ -z "$pip_cache" ] || die "--pip-cache needs CONTAINER_ENGINE=podman (docker build mounts no volumes)"
+  [ "$host_network" = 0 ] || die "--host-network needs CONTAINER_ENGINE=podman (docker build mounts no volumes)"
+fi
 
 # The package version: `version = "..."` of the [project] table in pyproject.toml
 VERSION="$(awk '
@@ -70,13 +89,19 @@ VERSION="$(awk '
 ' "$ROOT/pyproject.toml")"
 [ -n "$VERSION" ] || die "no version in the [project] table of $ROOT/pyproject.toml"
 
-# (dockerfile, tag) pairs to build
+CPU_INDEX=https://download.pytorch.org/whl/cpu
+PYPI_INDEX=https://pypi.org/simple
+# (tag, torch index, torch flavour) triples to build; the flavour is what the image's build check asserts
 targets=()
-[ "$build_cpu" = 1 ] && targets+=("containers/Dockerfile" "$VERSION")
-[ "$build_cuda" = 1 ] && targets+=("containers/Dockerfile.cuda" "$VERSION-cuda")
+if [ "$build_cpu" = 1 ]; then
+  index="${torch_index:-$CPU_INDEX}"
+  case "$index" in */whl/cpu | */whl/cpu/) flavour=cpu ;; *) flavour=cuda ;; esac
+  targets+=("$VERSION" "$index" "$flavour")
+fi
+[ "$build_cuda" = 1 ] && targets+=("$VERSION-cuda" "${torch_index:-$PYPI_INDEX}" cuda)
 
 if [ "$print_tags" = 1 ]; then
-  for ((i = 1; i < ${#targets[@]}; i += 2)); do echo "$IMAGE_NAME:${targets[i]}"; done
+  for ((i = 0; i < ${#targets[@]}; i += 3)); do echo "$IMAGE_NAME:${targets[i]}"; done
   exit 0
 fi
 
@@ -108,13 +133,27 @@ vcs_ref="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || true)"
 build_date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 built=()
 
-for ((i = 0; i < ${#targets[@]}; i += 2)); do
-  dockerfile="${targets[i]}" tag="${targets[i + 1]}"
+engine_opts=()
+[ -n "$base_image" ] && engine_opts+=(--build-arg "BASE_IMAGE=$base_image")
+if [ -n "$pip_cache" ]; then
+  [ "$dry_run" = 1 ] || mkdir -p "$pip_cache"
+  pip_cache="$(cd "$pip_cache" 2>/dev/null && pwd || echo "$pip_cache")"
+  engine_opts+=(-v "$pip_cache:/var/cache/pip-host" --build-arg "PIP_CACHE_DIR=/var/cache/pip-host")
+fi
+[ "$host_network" = 1 ] && engine_opts+=(--network=host -v /etc/ssl/certs:/etc/ssl/certs:ro)
+
+for ((i = 0; i < ${#targets[@]}; i += 3)); do
+  tag="${targets[i]}" index="${targets[i + 1]}" flavour="${targets[i + 2]}"
   image="$IMAGE_NAME:$tag"
-  echo "build.sh: $image from $dockerfile ($ENGINE)" >&2
-  run "$ENGINE" build ${no_cache[@]+"${no_cache[@]}"} \
-    -f "$ROOT/$dockerfile" \
+  echo "build.sh: $image (torch: the $flavour build from $index; $ENGINE)" >&2
+  if [ "$flavour" = cuda ] && [ "$tag" = "$VERSION" ]; then
+    echo "build.sh: note: the CPU image gets CUDA torch from $index (about 8 GB; it runs on CPUs all the same)" >&2
+  fi
+  run "$ENGINE" build ${no_cache[@]+"${no_cache[@]}"} ${engine_opts[@]+"${engine_opts[@]}"} \
+    -f "$ROOT/containers/Dockerfile" \
     -t "$image" \
+    --build-arg "TORCH_INDEX_URL=$index" \
+    --build-arg "TORCH_FLAVOUR=$flavour" \
     --build-arg "ATLASPATCH_VERSION=$VERSION" \
     --build-arg "VCS_REF=$vcs_ref" \
     --build-arg "BUILD_DATE=$build_date" \
