@@ -1,8 +1,8 @@
-"""Containers and the executor/container profiles, kept in step with the package without building an image (no
-container engine on the build machines): the Dockerfiles against pyproject.toml and README.md, containers/build.sh
-(syntax, shellcheck, the commands it runs), the profiles as Nextflow's own config parser resolves them
-(`nextflow config`), and `-profile slurm,singularity,gpu` run for real (-stub-run) against a fake sbatch and a fake
-singularity, reading the job scripts Nextflow writes."""
+"""Containers and the executor/container profiles, kept in step with the package without building an image: the
+Dockerfile against pyproject.toml and README.md, containers/build.sh (syntax, shellcheck, the commands it runs), the
+profiles as Nextflow's own config parser resolves them (`nextflow config`), and `-profile slurm,singularity,gpu` run
+(-stub-run) against a fake sbatch and a fake singularity, reading the job scripts Nextflow writes (Singularity is
+not packaged here). The images are built and run for real in tests/test_images.py, Slurm in tests/test_slurm.py."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ except ModuleNotFoundError:  # Python 3.10
 REPO = Path(__file__).resolve().parents[1]
 CONTAINERS = REPO / "containers"
 BUILD_SH = CONTAINERS / "build.sh"
-DOCKERFILES = {"cpu": CONTAINERS / "Dockerfile", "cuda": CONTAINERS / "Dockerfile.cuda"}
+DOCKERFILE = CONTAINERS / "Dockerfile"  # both images: the CPU and the CUDA one differ in their torch index
 NEXTFLOW = REPO / "tools" / "nextflow" / "nextflow"
 HAVE_NEXTFLOW = bool(list((REPO / ".nextflow-lib").glob("nextflow-*.jar")))
 needs_nextflow = pytest.mark.skipif(
@@ -128,19 +128,19 @@ def installed_requirements(dockerfile: Path) -> dict[str, list[str]]:
 # The images against pyproject.toml and README.md
 
 
-def test_same_python_in_both_images_and_allowed_by_pyproject() -> None:
-    versions = {kind: build_args(path)["PYTHON_VERSION"] for kind, path in DOCKERFILES.items()}
-    assert len(set(versions.values())) == 1, f"the images use different Pythons: {versions}"
-    python = versions["cpu"]
+def test_the_image_python_is_allowed_by_pyproject_and_the_base_is_a_build_argument() -> None:
+    args = build_args(DOCKERFILE)
+    python = args["PYTHON_VERSION"]
     assert Version(python) in SpecifierSet(PROJECT["requires-python"]), (python, PROJECT["requires-python"])
-    # the CPU image is the official Python image of that version; the CUDA image checks its base's Python at build
-    assert base_image(DOCKERFILES["cpu"]) == f"python:{python}-slim-bookworm"
-    assert any("PYTHON_VERSION" in cmd and "sys.version_info" in cmd for cmd in shell_commands(DOCKERFILES["cuda"]))
+    # the public image users pull by default; CI passes a stand-in built from Debian packages
+    assert base_image(DOCKERFILE) == f"python:{python}-slim-bookworm"
+    assert [i for i in instructions(DOCKERFILE) if i.startswith("FROM ")] == ["FROM ${BASE_IMAGE}"]
+    assert any("PYTHON_VERSION" in cmd and "sys.version_info" in cmd for cmd in shell_commands(DOCKERFILE))
 
 
 def test_every_requirement_of_the_image_extras_applies_on_the_image_python() -> None:
     """No requirement of an extra the images carry may be dropped by its marker (moozy needs Python >= 3.11)."""
-    python = build_args(DOCKERFILES["cpu"])["PYTHON_VERSION"]
+    python = build_args(DOCKERFILE)["PYTHON_VERSION"]
     environment = {"python_version": python, "python_full_version": f"{python}.0", "extra": ""}
     dropped = [
         f"{extra}: {req}"
@@ -151,18 +151,16 @@ def test_every_requirement_of_the_image_extras_applies_on_the_image_python() -> 
     assert not dropped, f"on Python {python} the images would lack: {dropped}"
 
 
-@pytest.mark.parametrize("kind", sorted(DOCKERFILES))
-def test_image_installs_every_model_extra(kind: str) -> None:
-    dockerfile = DOCKERFILES[kind]
-    extras = installed_extras(dockerfile)
-    by_name = installed_requirements(dockerfile)
+def test_image_installs_every_model_extra() -> None:
+    extras = installed_extras(DOCKERFILE)
+    by_name = installed_requirements(DOCKERFILE)
     missing = [
         extra
         for extra, reqs in IMAGE_EXTRAS.items()
         if extra not in extras and not all(str(Requirement(r)) in by_name for r in reqs)
     ]
-    assert not missing, f"{dockerfile.name} does not install the extras {missing} (pyproject: {sorted(IMAGE_EXTRAS)})"
-    assert not extras & EXTRAS_NOT_IN_IMAGES, f"{dockerfile.name} installs development extras"
+    assert not missing, f"the Dockerfile does not install the extras {missing} (pyproject: {sorted(IMAGE_EXTRAS)})"
+    assert not extras & EXTRAS_NOT_IN_IMAGES, "the Dockerfile installs development extras"
 
 
 def readme_sam2_requirement() -> str:
@@ -174,36 +172,38 @@ def readme_sam2_requirement() -> str:
     return match[1]
 
 
-@pytest.mark.parametrize("kind", sorted(DOCKERFILES))
-def test_image_installs_sam2_as_readme_does(kind: str) -> None:
+def test_image_installs_sam2_as_readme_does() -> None:
     requirement = readme_sam2_requirement()
     assert requirement in IMAGE_EXTRAS["sam2"], (requirement, IMAGE_EXTRAS["sam2"])
-    command = installed_requirements(DOCKERFILES[kind]).get(str(Requirement(requirement)))
-    assert command, f"{DOCKERFILES[kind].name} does not install {requirement!r}"
+    command = installed_requirements(DOCKERFILE).get(str(Requirement(requirement)))
+    assert command, f"the Dockerfile does not install {requirement!r}"
     assert "SAM2_BUILD_CUDA=0" in command and "--no-build-isolation" in command, command
 
 
-def test_both_images_carry_the_same_torch() -> None:
-    cpu, cuda = build_args(DOCKERFILES["cpu"]), build_args(DOCKERFILES["cuda"])
-    assert cpu["TORCH_VERSION"] == cuda["TORCH_VERSION"], "CPU torch differs from the CUDA base image's torch"
-    base = base_image(DOCKERFILES["cuda"])
-    assert re.fullmatch(r"pytorch/pytorch:(\d+\.\d+\.\d+)-cuda1[2-9]\.\d+-cudnn\d+-runtime", base), base
-    assert base.split(":")[1].startswith(f"{cuda['TORCH_VERSION']}-cuda")
-    assert cpu["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+def test_torch_comes_from_a_build_argument_and_is_checked_against_its_flavour() -> None:
+    args = build_args(DOCKERFILE)
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    assert args["TORCH_FLAVOUR"] == "cpu"
     assert any(
-        "--index-url" in args and "torch==${TORCH_VERSION}" in args for args in pip_installs(DOCKERFILES["cpu"])
-    ), "the CPU image does not install torch from the CPU wheel index"
-    for kind, path in DOCKERFILES.items():  # later installs may not replace that torch
-        package_installs = [args for args in pip_installs(path) if any(re.search(r"\[[\w,-]+\]$", a) for a in args)]
-        assert package_installs and all("-c" in args for args in package_installs), f"{kind}: torch not pinned"
+        "--index-url" in cmd and "torch==${TORCH_VERSION}" in cmd for cmd in map(" ".join, pip_installs(DOCKERFILE))
+    ), "torch is not installed from ${TORCH_INDEX_URL}"
+    # later installs may not replace that torch
+    package_installs = [args for args in pip_installs(DOCKERFILE) if any(re.search(r"\[[\w,-]+\]$", a) for a in args)]
+    assert package_installs and all("-c" in args for args in package_installs), "torch not pinned"
+    check = next(cmd for cmd in shell_commands(DOCKERFILE) if "TORCH_FLAVOUR" in cmd)
+    assert "torch.version.cuda" in check and "cudnn" in check, check
+    # the flavour is declared after the installs, so a CPU and a CUDA build from one index share their layers
+    order = instructions(DOCKERFILE)
+    flavour_at = order.index("ARG TORCH_FLAVOUR=cpu")
+    assert all(i < flavour_at for i, instr in enumerate(order) if re.search(r"\bpip install\b", instr))
 
 
 def test_torch_pins_satisfy_the_package_and_its_model_dependencies() -> None:
     """torch/torchvision of the images against pyproject and against what the installed model packages ask for
     (e.g. moozy: torch>=2.9, sam2: torchvision>=0.20.1)."""
     pins = {
-        "torch": Version(build_args(DOCKERFILES["cpu"])["TORCH_VERSION"]),
-        "torchvision": Version(build_args(DOCKERFILES["cpu"])["TORCHVISION_VERSION"]),
+        "torch": Version(build_args(DOCKERFILE)["TORCH_VERSION"]),
+        "torchvision": Version(build_args(DOCKERFILE)["TORCHVISION_VERSION"]),
     }
     requirements = [Requirement(r) for r in PROJECT["dependencies"]]
     for reqs in IMAGE_EXTRAS.values():
@@ -216,9 +216,8 @@ def test_torch_pins_satisfy_the_package_and_its_model_dependencies() -> None:
             assert pins[req.name] in req.specifier, f"{req} excludes the images' {req.name} {pins[req.name]}"
 
 
-@pytest.mark.parametrize("kind", sorted(DOCKERFILES))
-def test_image_is_set_up_for_unprivileged_tasks_without_weights(kind: str) -> None:
-    dockerfile = DOCKERFILES[kind]
+def test_image_is_set_up_for_unprivileged_tasks_without_weights() -> None:
+    dockerfile = DOCKERFILE
     text = dockerfile.read_text()
     env = " ".join(i for i in instructions(dockerfile) if i.startswith("ENV "))
     assert "PYTHONNOUSERSITE=1" in env
@@ -240,11 +239,10 @@ def test_build_context_holds_only_what_the_images_copy() -> None:
     rules = [ln for ln in lines if ln and not ln.startswith("#")]
     assert rules[0] == "*", ".dockerignore should allow-list the context"
     allowed = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
-    for dockerfile in DOCKERFILES.values():
-        for instr in instructions(dockerfile):
-            if instr.startswith(("COPY ", "ADD ")):
-                *sources, _ = instr.split()[1:]
-                assert all(s.rstrip("/") in allowed for s in sources), f"{dockerfile.name}: {instr} vs {allowed}"
+    for instr in instructions(DOCKERFILE):
+        if instr.startswith(("COPY ", "ADD ")):
+            *sources, _ = instr.split()[1:]
+            assert all(s.rstrip("/") in allowed for s in sources), f"{instr} vs {allowed}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -294,7 +292,7 @@ def test_dockerfiles_pass_hadolint() -> None:
     hadolint = shutil.which("hadolint")
     if not hadolint:
         pytest.skip("hadolint is not installed")
-    result = subprocess.run([hadolint, *map(str, DOCKERFILES.values())], capture_output=True, text=True)
+    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -308,10 +306,13 @@ def test_build_sh_builds_pushes_and_makes_sifs(tmp_path: Path) -> None:
     commands = dry_run_commands(result.stdout)
     builds = [c for c in commands if c[:2] == ["docker", "build"]]
     assert [(c[c.index("-f") + 1], c[c.index("-t") + 1], c[-1]) for c in builds] == [
-        (str(DOCKERFILES["cpu"]), f"atlaspatch-nf/atlaspatch:{VERSION}", str(REPO)),
-        (str(DOCKERFILES["cuda"]), f"atlaspatch-nf/atlaspatch:{VERSION}-cuda", str(REPO)),
+        (str(DOCKERFILE), f"atlaspatch-nf/atlaspatch:{VERSION}", str(REPO)),
+        (str(DOCKERFILE), f"atlaspatch-nf/atlaspatch:{VERSION}-cuda", str(REPO)),
     ]
     assert all(f"ATLASPATCH_VERSION={VERSION}" in c for c in builds)
+    cpu_args, cuda_args = ({a for i, a in enumerate(c) if i and c[i - 1] == "--build-arg"} for c in builds)
+    assert {"TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu", "TORCH_FLAVOUR=cpu"} <= cpu_args
+    assert {"TORCH_INDEX_URL=https://pypi.org/simple", "TORCH_FLAVOUR=cuda"} <= cuda_args
     pushes = [c[2] for c in commands if c[:2] == ["docker", "push"]]
     assert pushes == [f"registry.example.org/lab/atlaspatch-nf/atlaspatch:{VERSION}{s}" for s in ("", "-cuda")]
     # SIFs named as Nextflow's Singularity/Apptainer cache looks them up (checked for real in the SLURM test)
@@ -321,6 +322,25 @@ def test_build_sh_builds_pushes_and_makes_sifs(tmp_path: Path) -> None:
     podman = build_sh("--dry-run", "--cuda", env={"CONTAINER_ENGINE": "podman"})
     assert podman.returncode == 0, podman.stderr
     assert [c[:2] for c in dry_run_commands(podman.stdout)] == [["podman", "build"]]
+
+    # where only PyPI is reachable (CI): a stand-in base, PyPI's torch (the CUDA build, and the CPU image says so),
+    # the host's pip cache and CA certificates
+    offline = build_sh(
+        "--dry-run", "--cpu", "--base", "localhost/base:py3.11", "--torch-index", "https://pypi.org/simple",
+        "--pip-cache", str(tmp_path / "pip"), "--host-network", env={"CONTAINER_ENGINE": "podman"},
+    )  # fmt: skip
+    assert offline.returncode == 0, offline.stderr
+    (command,) = dry_run_commands(offline.stdout)
+    assert {
+        "BASE_IMAGE=localhost/base:py3.11",
+        "TORCH_INDEX_URL=https://pypi.org/simple",
+        "TORCH_FLAVOUR=cuda",
+        "PIP_CACHE_DIR=/var/cache/pip-host",
+    } <= {a for i, a in enumerate(command) if command[i - 1] == "--build-arg"}
+    assert f"{tmp_path / 'pip'}:/var/cache/pip-host" in command and "/etc/ssl/certs:/etc/ssl/certs:ro" in command
+    assert "--network=host" in command and "CUDA torch" in offline.stderr
+    docker_cache = build_sh("--dry-run", "--pip-cache", str(tmp_path / "pip"))
+    assert docker_cache.returncode == 2 and "podman" in docker_cache.stderr
 
     for bad in (build_sh("--dry-run", env={"CONTAINER_ENGINE": "rkt"}), build_sh("--no-such-option")):
         assert bad.returncode == 2 and "build.sh:" in bad.stderr

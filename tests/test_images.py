@@ -16,10 +16,14 @@ import os
 import shlex
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
 
 from pipeline_runs import (
     HAVE_NEXTFLOW,
@@ -139,7 +143,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("image-models")
     (root / ENCODER).mkdir()
     torch.manual_seed(0)
-    torch.save(timm.create_model("resnet18", pretrained=False, num_classes=0).state_dict(), root / ENCODER / "resnet18.pth")
+    state = timm.create_model("resnet18", pretrained=False, num_classes=0).state_dict()
+    torch.save(state, root / ENCODER / "resnet18.pth")
     return root
 
 

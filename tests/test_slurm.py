@@ -79,7 +79,8 @@ def test_the_test_profile_through_slurm_matches_the_local_run(
     common = ["--input", folder, "-work-dir"]
     local = nextflow_run(tmp_path / "local", "-profile", "test", *common, tmp_path / "local" / "work",
                          "--outdir", tmp_path / "local" / "results", path=PATH_WITH_VENV)  # fmt: skip
-    slurm_args = ["-profile", "test,slurm", *common, tmp_path / "slurm" / "work", "--outdir", tmp_path / "slurm" / "results"]
+    slurm_args = ["-profile", "test,slurm", *common, tmp_path / "slurm" / "work",
+                  "--outdir", tmp_path / "slurm" / "results"]  # fmt: skip
     slurm = nextflow_run(tmp_path / "slurm", *slurm_args, path=PATH_WITH_VENV)
     for run in (local, slurm):
         assert run.returncode != 0, run.output[-4000:]
@@ -115,7 +116,8 @@ def slow_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("slurm-models")
     (root / SLOW_ENCODER).mkdir()
     torch.manual_seed(0)
-    torch.save(timm.create_model("resnet18", pretrained=False, num_classes=0).state_dict(), root / SLOW_ENCODER / "resnet18.pth")
+    state = timm.create_model("resnet18", pretrained=False, num_classes=0).state_dict()
+    torch.save(state, root / SLOW_ENCODER / "resnet18.pth")
     return root
 
 
@@ -142,8 +144,8 @@ def test_a_job_slurm_kills_for_memory_is_retried_with_more(
     assert [(r["attempt"], r["status"]) for r in attempts] == [("1", "FAILED"), ("2", "COMPLETED")], attempts
     first = attempts[0]
     assert job_state(first["native_id"]) in {"OUT_OF_MEMORY", "FAILED", "CANCELLED"}, job_state(first["native_id"])
-    mem = [o for o in sbatch_options(attempts[1]["workdir"]) if o.startswith("--mem")]
-    assert mem == ["--mem=4096M"], mem
+    options = sbatch_options(attempts[1]["workdir"])
+    assert options[options.index("--mem") + 1] == "4096M", options  # the retry's memory, asked of Slurm
 
     clean = nextflow_run(tmp_path / "local", "-profile", "test", *args, "--outdir", tmp_path / "local" / "results",
                          "-work-dir", tmp_path / "local" / "work", path=PATH_WITH_VENV,
