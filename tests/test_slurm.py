@@ -189,3 +189,26 @@ def test_requests_are_capped_to_the_largest_node(cluster: dict[str, str], tmp_pa
     assert f"cpus:{cluster['cpus']}" in limits, limits
     shown = float(re.search(r"memory:'([\d.]+) GB'", limits)[1])
     assert abs(shown - memory_gb) < 0.06, (limits, memory_gb)
+
+
+def test_job_arrays_submit_each_stage_once(
+    cluster: dict[str, str], tmp_path: Path, cmu_svs: Path, tiny_svs: Path
+) -> None:
+    """--slurm_array 2: each stage's two tasks are one Slurm array job (ids N_0, N_1); the results are the same."""
+    folder = slide_folder(tmp_path, cmu_svs, tiny_svs)
+    runs = {}
+    for name, extra in (("local", ["-profile", "test"]), ("array", ["-profile", "test,slurm", "--slurm_array", "2"])):
+        runs[name] = nextflow_run(tmp_path / name, *extra, "--input", folder, "--outdir", tmp_path / name / "results",
+                                  "-work-dir", tmp_path / name / "work", path=PATH_WITH_VENV)  # fmt: skip
+    # (tiny-synthetic is tiled to 0 patches: a finished H5 for these stages, as for the CLI)
+    for name, run in runs.items():
+        assert run.returncode == 0, (name, run.output[-4000:])
+    rows = [r for r in trace_rows(tmp_path / "array" / "results") if r["process"] != "PREFLIGHT"]
+    by_process: dict[str, set[str]] = {}
+    for row in rows:
+        job, _, index = row["native_id"].partition("_")
+        assert job.isdigit() and index in {"0", "1"}, row
+        by_process.setdefault(row["process"], set()).add(job)
+    assert by_process.keys() == {"ATLASPATCH:SEGMENT", "ATLASPATCH:TILE"}
+    assert all(len(jobs) == 1 for jobs in by_process.values()), by_process
+    assert_same_results(tmp_path / "array" / "results", tmp_path / "local" / "results")
